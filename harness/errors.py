@@ -1,0 +1,37 @@
+"""Exceptions that carry meaning for the runner and the CLI.
+
+Trials raise :class:`Unavailable` or :class:`Unsupported` to end a unit with that status and a
+reason; the CLI turns :class:`UserError` into one clear line and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (a suite, a parameter, a path). Printed as one line, exit code 2."""
+
+
+class UnitStatusError(Exception):
+    """Base for exceptions that end a unit with a specific, non-failure status."""
+
+    status = "failed"
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Unavailable(UnitStatusError):
+    """The unit cannot run on this machine (no CUDA, backend not installed, dataset absent)."""
+
+    status = "unavailable"
+
+
+class Unsupported(UnitStatusError):
+    """The combination is not supported (e.g. fp16 convolution on this CPU)."""
+
+    status = "unsupported"
+
+
+class UnitTimeout(Exception):
+    """Raised inside a unit when its time limit is reached."""

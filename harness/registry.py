@@ -1,0 +1,206 @@
+"""The trial registry: named, typed, documented experiments.
+
+A trial is a function taking a :class:`harness.context.TrialContext`. It is registered under a
+dotted name with its parameters, the metrics it yields and the axes (precision, batch size,
+device) it supports::
+
+    @trial(
+        "sparserefine.selector",
+        doc="Pixel selector quality and latency.",
+        params=[Param("selector", str, "entropy", choices=("entropy", "random"), doc="...")],
+        metrics=[Metric("recall", "%", "higher")],
+        axes=("precision", "device"),
+    )
+    def selector(ctx): ...
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from harness.errors import UserError
+
+ParamType = type  # one of int, float, str, bool
+Better = Literal["higher", "lower", "none"]
+AXES = ("precision", "batch_size", "device")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed trial parameter with a default, optional allowed values or bounds, and a doc line."""
+
+    name: str
+    type: ParamType
+    default: Any
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in (int, float, str, bool):
+            raise TypeError(f"parameter {self.name!r}: type must be int, float, str or bool")
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+        self.coerce(self.default)
+
+    def coerce(self, value: Any) -> Any:
+        """Return ``value`` as this parameter's type, or raise ValueError saying why not."""
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true/false, got {value!r}")
+            out: Any = value
+        elif self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected an integer, got {value!r}")
+            out = value
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"expected a number, got {value!r}")
+            out = float(value)
+        else:
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {value!r}")
+            out = value
+        if self.choices is not None and out not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise ValueError(f"{out!r} is not one of: {allowed}")
+        if self.low is not None and out < self.low:
+            raise ValueError(f"{out!r} is below the minimum {self.low}")
+        if self.high is not None and out > self.high:
+            raise ValueError(f"{out!r} is above the maximum {self.high}")
+        return out
+
+    def describe(self) -> str:
+        parts = [self.type.__name__, f"default={self.default!r}"]
+        if self.choices is not None:
+            parts.append("one of {" + ", ".join(map(str, self.choices)) + "}")
+        if self.low is not None or self.high is not None:
+            parts.append(
+                f"range [{self.low if self.low is not None else '-inf'}, "
+                f"{self.high if self.high is not None else 'inf'}]"
+            )
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A quantity a trial yields: name, unit and which direction is better."""
+
+    name: str
+    unit: str = ""
+    better: Better = "none"
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    name: str
+    fn: Callable[..., Any]
+    doc: str
+    params: tuple[Param, ...]
+    metrics: tuple[Metric, ...]
+    axes: tuple[str, ...]
+    version: str
+    module: str = field(default="")
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def metric(self, name: str) -> Metric | None:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        return None
+
+    def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with ``given``; raises ValueError naming the parameter at fault."""
+        resolved = {p.name: p.default for p in self.params}
+        for key, value in given.items():
+            try:
+                p = self.param(key)
+            except KeyError:
+                hint = did_you_mean(key, self.param_names())
+                raise ValueError(f"unknown parameter {key!r} for trial {self.name}{hint}") from None
+            try:
+                resolved[key] = p.coerce(value)
+            except ValueError as exc:
+                raise ValueError(f"parameter {key!r} of trial {self.name}: {exc}") from None
+        return resolved
+
+
+_REGISTRY: dict[str, TrialSpec] = {}
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def trial(
+    name: str,
+    *,
+    doc: str = "",
+    params: Iterable[Param] = (),
+    metrics: Iterable[Metric] = (),
+    axes: Iterable[str] = (),
+    version: str = "1",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as trial ``name``.
+
+    ``version`` is part of every unit key: bump it when a change to the trial changes its results,
+    so stored results of the old code are not mistaken for the new.
+    """
+    axes = tuple(axes)
+    unknown = [a for a in axes if a not in AXES]
+    if unknown:
+        raise ValueError(f"trial {name}: unknown axes {unknown}; known: {AXES}")
+    params = tuple(params)
+    names = [p.name for p in params]
+    clash = set(names) & set(AXES) | {n for n in names if names.count(n) > 1}
+    if clash:
+        raise ValueError(f"trial {name}: parameter names clash or repeat: {sorted(clash)}")
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"trial {name!r} is registered twice ({_REGISTRY[name].module})")
+        _REGISTRY[name] = TrialSpec(
+            name=name,
+            fn=fn,
+            doc=doc or (fn.__doc__ or "").strip().splitlines()[0] if (doc or fn.__doc__) else "",
+            params=params,
+            metrics=tuple(metrics),
+            axes=axes,
+            version=str(version),
+            module=fn.__module__,
+        )
+        return fn
+
+    return register
+
+
+def get_trial(name: str) -> TrialSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown trial {name!r}{did_you_mean(name, _REGISTRY)}") from None
+
+
+def all_trials() -> list[TrialSpec]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def unregister(name: str) -> None:
+    """Remove a trial (tests register throwaway trials)."""
+    _REGISTRY.pop(name, None)

@@ -1,0 +1,89 @@
+"""Provenance header of a report: where and how the results it shows were produced."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from harness.store import Run
+
+
+@dataclass
+class Provenance:
+    suite: str
+    title: str
+    paper: str
+    reproduces: list[str]
+    runs: list[Run]
+    scale: str
+    datasets: list[str]
+    status_counts: dict[str, int]
+    generated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+    def items(self) -> list[tuple[str, str]]:
+        """(field, value) pairs, newest run first for the machine fields."""
+        latest = self.runs[-1] if self.runs else None
+        ids = ", ".join(str(r.id) for r in self.runs) or "none"
+        out = [
+            ("suite", f"{self.suite}: {self.title}" if self.title else self.suite),
+            ("paper", f"{self.paper}" + (f" ({', '.join(self.reproduces)})" if self.reproduces else "")),
+            ("run id(s)", ids),
+            ("scale", self.scale or "-"),
+            ("dataset", "; ".join(self.datasets) or "-"),
+            ("results", ", ".join(f"{n} {s}" for s, n in sorted(self.status_counts.items())) or "none"),
+        ]
+        if latest is not None:
+            sha = (latest.git_sha or "unknown")[:12] + (" (dirty)" if latest.git_dirty else "")
+            out += [
+                ("device", _device_text(latest)),
+                ("threads", str(latest.threads)),
+                ("host", latest.host or "-"),
+                ("torch", f"{latest.torch_version or '-'}" + (f", CUDA {latest.cuda_version}" if latest.cuda_version else "")),
+                ("git sha", sha),
+                ("run date", _run_dates(self.runs)),
+                ("run status", latest.status),
+                ("command", latest.command or "-"),
+            ]
+        out.append(("report generated", self.generated_at))
+        return out
+
+
+def _device_text(run: Run) -> str:
+    cpu = run.cpu or "unknown CPU"
+    return f"{cpu}; GPU: {run.gpu}" if run.gpu else f"{cpu}; no GPU"
+
+
+def _run_dates(runs: list[Run]) -> str:
+    starts = [r.started_at for r in runs if r.started_at is not None]
+    if not starts:
+        return "-"
+    first, last = min(starts), max(starts)
+    fmt = "%Y-%m-%d %H:%M UTC"
+    return first.strftime(fmt) if first == last else f"{first.strftime(fmt)} .. {last.strftime(fmt)}"
+
+
+def dataset_text(dataset: dict[str, Any]) -> str:
+    name = str(dataset.get("name", "?"))
+    size = f" {dataset['height']}x{dataset['width']}" if "height" in dataset and "width" in dataset else ""
+    extra = ", ".join(f"{k}={dataset[k]}" for k in ("num_train", "num_val") if k in dataset)
+    return f"{name}{size}" + (f" ({extra})" if extra else "")
+
+
+def build_provenance(
+    suite: str, raw_suite: dict[str, Any], runs: list[Run], results: list[dict[str, Any]]
+) -> Provenance:
+    datasets = sorted({dataset_text(r.get("dataset") or {}) for r in results})
+    scales = sorted({str(r.get("scale")) for r in results if r.get("scale")}) or sorted({r.scale for r in runs})
+    reproduces = raw_suite.get("reproduces") or []
+    return Provenance(
+        suite=suite,
+        title=str(raw_suite.get("title", "")),
+        paper=str(raw_suite.get("paper", "") or "-"),
+        reproduces=[str(x) for x in reproduces] if isinstance(reproduces, list) else [str(reproduces)],
+        runs=runs,
+        scale=", ".join(scales),
+        datasets=datasets,
+        status_counts=dict(Counter(r["status"] for r in results)),
+    )

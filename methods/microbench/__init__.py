@@ -1,0 +1,1 @@
+"""Micro-benchmarks of single operators: the engine's smoke test and the gate's reference unit."""

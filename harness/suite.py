@@ -234,7 +234,7 @@ def load_suite(path: str | Path) -> Suite:
         raw=raw,
         sha=hashlib.sha256(path.read_bytes()).hexdigest(),
     )
-    for key, values in suite.matrix.items():
+    for key, _values in suite.matrix.items():
         if key not in AXES:
             raise chk.fail(("matrix", key), f"top-level matrix takes only axes {AXES}")
     suite._checker = chk  # type: ignore[attr-defined]
@@ -292,7 +292,7 @@ def _parse_entry(item: Any, index: int, chk: _Checker) -> Entry:
 def _combos(matrix: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
     keys = list(matrix)
     for values in itertools.product(*(matrix[k] for k in keys)):
-        yield dict(zip(keys, values))
+        yield dict(zip(keys, values, strict=False))
 
 
 def unit_key(payload: dict[str, Any]) -> str:

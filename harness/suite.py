@@ -24,7 +24,7 @@ from harness.timing import TimingConfig
 SCALES = ("smoke", "default", "paper")
 TOP_KEYS = (
     "name", "title", "paper", "reproduces", "description", "seed", "dataset", "timing", "scales",
-    "matrix", "benchmarks", "tables", "figures", "layout", "notes",
+    "matrix", "benchmarks", "tables", "figures", "layout", "notes", "gate",
 )  # fmt: skip
 ENTRY_KEYS = ("trial", "section", "label", "params", "matrix", "cases", "notes")
 SCALE_BLOCK_KEYS = ("dataset", "timing")
@@ -383,6 +383,7 @@ def _make_unit(
         {
             "trial": entry.trial.name,
             "version": entry.trial.version,
+            "label": label,
             "params": params,
             "axes": axes,
             "dataset": dataset,

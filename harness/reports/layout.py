@@ -32,8 +32,8 @@ Schema::
             lr: "LR"                     # gap_closed: LR and HR row labels
             hr: "HR"
             x: density                   # matched: the x metric; the y value of this row's
-            vary: [alpha]                # curve (results matching the row without `vary`
-                                         # params) is interpolated at the paper's x
+            vary: [alpha, section]       # curve (results matching the row with the `vary`
+                                         # params/fields left open) is interpolated at the paper's x
 
     figures:
       - id: fig3b
@@ -88,8 +88,10 @@ class Match:
         params = dict(self.params) | dict(other.params)
         return Match(tuple(fields.items()), tuple(params.items()))
 
-    def without_params(self, names: tuple[str, ...]) -> Match:
-        return Match(self.fields, tuple((k, v) for k, v in self.params if k not in names))
+    def without(self, names: tuple[str, ...]) -> Match:
+        """This match with the named parameters and fields left open."""
+        return Match(tuple((k, v) for k, v in self.fields if k not in names),
+                     tuple((k, v) for k, v in self.params if k not in names))
 
     def accepts(self, result: dict[str, Any]) -> bool:
         for key, want in self.fields:

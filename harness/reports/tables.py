@@ -4,6 +4,7 @@ share of the LR->HR gap closed, y at the paper's x on our curve)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,12 +68,31 @@ def failure_reason(result: dict[str, Any] | None, metric: str | None = None) -> 
     return f"{word}: {detail}"
 
 
-def pick(results: list[dict[str, Any]], match: Match, metric: str | None = None) -> dict[str, Any] | None:
-    """The newest matching result with ``metric``; else the newest ok one; else the newest of any status."""
+def axes_of(result: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return (result.get("precision"), result.get("batch_size"), result.get("device"))
+
+
+def dominant_axes(results: list[dict[str, Any]], match: Match) -> tuple[Any, Any, Any] | None:
+    """The most common (precision, batch size, device) among the results ``match`` accepts."""
+    counts = Counter(axes_of(r) for r in results if match.accepts(r))
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def pick(
+    results: list[dict[str, Any]],
+    match: Match,
+    metric: str | None = None,
+    prefer_axes: tuple[Any, Any, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The newest matching result with ``metric``; else the newest ok one; else the newest of any status.
+
+    When the match leaves the axes open and several units qualify, those on ``prefer_axes`` (the
+    table's usual precision/batch size/device) win.
+    """
     found = [r for r in results if match.accepts(r)]
     if not found:
         return None
-    found.sort(key=lambda r: r.get("id", 0))
+    found.sort(key=lambda r: (prefer_axes is None or axes_of(r) == prefer_axes, r.get("id", 0)))
     with_metric = [r for r in found if r["status"] == "ok" and (metric is None or metric in r["metrics"])]
     if with_metric:
         return with_metric[-1]
@@ -120,12 +140,13 @@ class _TableBuilder:
         self.by_label = {row.label: row for row in self.rows}
         self.footnotes: list[str] = []
         self.used: list[dict[str, Any]] = []
+        self.axes = dominant_axes(results, spec.match)
 
     def match_for(self, row: RowSpec, column: ColumnSpec) -> Match:
         return self.spec.match.merged(row.match).merged(column.match)
 
     def ours(self, row: RowSpec, column: ColumnSpec, metric: str) -> tuple[float | None, str]:
-        result = pick(self.results, self.match_for(row, column), metric)
+        result = pick(self.results, self.match_for(row, column), metric, self.axes)
         if result is not None:
             self.used.append(result)
         if result is not None and result["status"] == "ok" and metric in result["metrics"]:
@@ -178,7 +199,7 @@ class _TableBuilder:
         assert column.x is not None
         paper_x = self.paper(row, column.x)
         paper_y = self.paper(row, column.ref)
-        curve_match = self.match_for(row, column).without_params(column.vary)
+        curve_match = self.match_for(row, column).without(column.vary)
         points = sorted(
             (float(r["metrics"][column.x]["value"]), float(r["metrics"][column.metric]["value"]))
             for r in self.results
@@ -193,7 +214,7 @@ class _TableBuilder:
         xs = np.array([p[0] for p in points])
         ys = np.array([p[1] for p in points])
         if paper_x < xs.min() or paper_x > xs.max():
-            return self._cell(None, f"x={paper_x:g} outside ours [{xs.min():.3g}, {xs.max():.3g}]", paper_y, "", column)
+            return self._cell(None, f"paper x={paper_x:g} is outside our measured {column.x} range [{xs.min():.3g}, {xs.max():.3g}]", paper_y, "", column)
         return self._cell(float(np.interp(paper_x, xs, ys)), "", paper_y, "", column)
 
     def _cell(self, ours: float | None, reason: str, paper: float | None, paper_text: str, column: ColumnSpec) -> Cell:
@@ -201,7 +222,8 @@ class _TableBuilder:
             text = reason
             if len(reason) > SHORT_REASON_CHARS:
                 self.footnotes.append(reason)
-                text = f"{reason.split(':')[0][:SHORT_REASON_CHARS]} [{len(self.footnotes)}]"
+                head = reason.split(":")[0] if ":" in reason else reason[: SHORT_REASON_CHARS - 6] + "..."
+                text = f"{head[:SHORT_REASON_CHARS]} [{len(self.footnotes)}]"
         else:
             text = _fmt(ours, column.format)
         if not paper_text:

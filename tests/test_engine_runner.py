@@ -146,3 +146,17 @@ def test_show_and_runs_commands(tmp_path: Path, db_url: str, capsys: pytest.Capt
     assert csv.splitlines()[0].startswith("run_id,suite,trial") and len(csv.splitlines()) == 3
     assert main(["runs", "--db", db_url]) == 0
     assert main(["show", "nosuch", "--db", db_url]) == 2
+
+
+def test_list_dry_run_and_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    assert "test.behave" in capsys.readouterr().out
+    assert main(["list", "test.behave"]) == 0
+    shown = capsys.readouterr().out
+    assert "behaviour" in shown and "latency" in shown and "precision" in shown
+    assert main(["list", "test.behav"]) == 2
+    assert "did you mean test.behave" in capsys.readouterr().err
+    path = suite_file(tmp_path, "  - trial: test.behave\n    matrix: {index: [1, 2, 3]}\n")
+    db = tmp_path / "never.db"
+    assert main(["run", str(path), "--dry-run", "--db", f"sqlite:///{db}"]) == 0
+    assert "3 units" in capsys.readouterr().out and not db.exists()

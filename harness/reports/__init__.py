@@ -58,8 +58,9 @@ def _suite_for_run(run: Run, suite_path: str | Path | None) -> Path | None:
     return None
 
 
-def _select(store: Store, suite_path: Path | None, run_id: int | None) -> tuple[str, dict[str, Any], Path | None,
-                                                                               list[Run], list[dict[str, Any]]]:
+def _select(
+    store: Store, suite_path: Path | None, run_id: int | None
+) -> tuple[str, dict[str, Any], Path | None, list[Run], list[dict[str, Any]]]:
     if run_id is not None:
         run = store.get_run(run_id)
         if run is None:
@@ -80,6 +81,21 @@ def _select(store: Store, suite_path: Path | None, run_id: int | None) -> tuple[
     run_ids = sorted({r["run_id"] for r in results})
     runs = [run for run in store.runs(name) if run.id in run_ids] or ([latest] if latest else [])
     return name, raw, suite_path, runs, results
+
+
+def _units_never_run(path: Path | None, scale: str, results: list[dict[str, Any]]) -> list[str] | None:
+    """Descriptions of the suite's units at ``scale`` with no stored result; None if the suite can't
+    be expanded here (its trials are not registered in this process)."""
+    if path is None or not scale or "," in scale:
+        return None
+    from harness.suite import load_suite
+
+    try:
+        units = load_suite(path).units(scale)
+    except UserError:
+        return None
+    stored = {r["unit_key"] for r in results}
+    return [unit.describe() for unit in units if unit.key not in stored]
 
 
 def build_report(
@@ -107,7 +123,13 @@ def build_report(
         tables = [generic] if generic else []
     figures = [(spec.id, spec.title, draw_figure(spec, results, paper)) for spec in layout.figures]
     stem = name if run_id is None else f"{name}-run{run_id}"
-    report = Report(build_provenance(name, raw, runs, results), tables, figures, stem)
+    provenance = build_provenance(name, raw, runs, results)
+    if run_id is None:
+        never_run = _units_never_run(path, provenance.scale, results)
+        if never_run:
+            provenance.status_counts["not run"] = len(never_run)
+            provenance.never_run = never_run
+    report = Report(provenance, tables, figures, stem)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +138,9 @@ def build_report(
     written: list[Path] = []
     try:
         figure_formats = tuple(ext for fmt, ext in (("md", "svg"), ("tex", "pdf")) if fmt in fmts)
-        figure_files = save_figure_files(report, out / f"{stem}_figures", figure_formats) if figure_formats and figures else {}
+        figure_files = (
+            save_figure_files(report, out / f"{stem}_figures", figure_formats) if figure_formats and figures else {}
+        )
         if "pdf" in fmts:
             target = out / f"{stem}.pdf"
             write_pdf(report, target)

@@ -19,13 +19,37 @@ from harness.errors import UserError
 from harness.reports.tables import failure_reason
 from harness.store import Store
 
-COLUMNS = ["trial", "section", "label", "params", "precision", "batch_size", "device", "metric", "unit",
-           "better", "a", "b", "delta", "delta_pct", "status_a", "status_b", "verdict"]
+COLUMNS = [
+    "trial",
+    "section",
+    "label",
+    "params",
+    "precision",
+    "batch_size",
+    "device",
+    "metric",
+    "unit",
+    "better",
+    "a",
+    "b",
+    "delta",
+    "delta_pct",
+    "status_a",
+    "status_b",
+    "verdict",
+]
 
 
 def _identity(result: dict[str, Any]) -> tuple[Any, ...]:
-    return (result["trial"], result["section"], result["label"], json.dumps(result["params"], sort_keys=True),
-            result["precision"], result["batch_size"], result["device"])
+    return (
+        result["trial"],
+        result["section"],
+        result["label"],
+        json.dumps(result["params"], sort_keys=True),
+        result["precision"],
+        result["batch_size"],
+        result["device"],
+    )
 
 
 def _verdict(better: str, delta: float | None, base: float | None) -> str:
@@ -52,8 +76,9 @@ def compare_runs(store: Store, run_a: int, run_b: int) -> pd.DataFrame:
         )
     by_run = {}
     for run_id in (run_a, run_b):
-        by_run[run_id] = {_identity(r): r for r in sorted(store.results(run_id=run_id, latest_per_unit=False),
-                                                          key=lambda r: r["id"])}
+        by_run[run_id] = {
+            _identity(r): r for r in sorted(store.results(run_id=run_id, latest_per_unit=False), key=lambda r: r["id"])
+        }
     keys = list(by_run[run_a]) + [k for k in by_run[run_b] if k not in by_run[run_a]]
     rows = []
     for key in keys:
@@ -71,16 +96,27 @@ def compare_runs(store: Store, run_a: int, run_b: int) -> pd.DataFrame:
             delta = b - a if a is not None and b is not None else None
             pct = 100.0 * delta / a if delta is not None and a else None
             info = ma or mb or {}
-            rows.append({
-                "trial": key[0], "section": key[1], "label": key[2],
-                "params": ", ".join(f"{k}={v}" for k, v in json.loads(key[3]).items()),
-                "precision": key[4], "batch_size": key[5], "device": key[6],
-                "metric": name, "unit": info.get("unit", ""), "better": info.get("better", "none"),
-                "a": math.nan if a is None else a, "b": math.nan if b is None else b,
-                "delta": math.nan if delta is None else delta, "delta_pct": math.nan if pct is None else pct,
-                "status_a": _status(ra, name), "status_b": _status(rb, name),
-                "verdict": _verdict(info.get("better", "none"), delta, a),
-            })
+            rows.append(
+                {
+                    "trial": key[0],
+                    "section": key[1],
+                    "label": key[2],
+                    "params": ", ".join(f"{k}={v}" for k, v in json.loads(key[3]).items()),
+                    "precision": key[4],
+                    "batch_size": key[5],
+                    "device": key[6],
+                    "metric": name,
+                    "unit": info.get("unit", ""),
+                    "better": info.get("better", "none"),
+                    "a": math.nan if a is None else a,
+                    "b": math.nan if b is None else b,
+                    "delta": math.nan if delta is None else delta,
+                    "delta_pct": math.nan if pct is None else pct,
+                    "status_a": _status(ra, name),
+                    "status_b": _status(rb, name),
+                    "verdict": _verdict(info.get("better", "none"), delta, a),
+                }
+            )
     frame = pd.DataFrame(rows, columns=COLUMNS)
     frame.attrs.update(run_a=run_a, run_b=run_b, suite=runs[run_a].suite)
     return frame
@@ -112,9 +148,16 @@ def comparison_table(frame: pd.DataFrame) -> Table:
         unit += f" [{row.precision}/b{row.batch_size}/{row.device}]"
         va = _num(row.a) if row.status_a == "ok" else row.status_a
         vb = _num(row.b) if row.status_b == "ok" else row.status_b
-        table.add_row(unit, f"{row.metric} ({row.unit})" if row.unit else row.metric, va, vb,
-                      _num(row.delta, True), _num(row.delta_pct, True), row.verdict,
-                      style=styles.get(row.verdict))
+        table.add_row(
+            unit,
+            f"{row.metric} ({row.unit})" if row.unit else row.metric,
+            va,
+            vb,
+            _num(row.delta, True),
+            _num(row.delta_pct, True),
+            row.verdict,
+            style=styles.get(row.verdict),
+        )
     return table
 
 
@@ -123,3 +166,19 @@ def comparison_text(frame: pd.DataFrame, width: int = 160) -> str:
     console = Console(width=width, record=True, color_system=None, file=io.StringIO())
     console.print(comparison_table(frame))
     return console.export_text()
+
+
+def render_comparison(
+    frame: pd.DataFrame, console: Console, run_a: int | None = None, run_b: int | None = None
+) -> None:
+    """Print the comparison to ``console`` (the ``harness compare`` output)."""
+    if run_a is not None and run_b is not None:
+        frame.attrs.update(run_a=run_a, run_b=run_b)
+    if frame.empty:
+        console.print(f"runs {frame.attrs.get('run_a')} and {frame.attrs.get('run_b')} have no results")
+        return
+    console.print(comparison_table(frame))
+    counts = frame["verdict"].value_counts()
+    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("better", "worse", "same") if counts.get(k, 0))
+    if summary:
+        console.print(f"run {frame.attrs.get('run_b')} vs run {frame.attrs.get('run_a')}: {summary}")

@@ -10,10 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
-from harness.reports.layout import FigureSpec, PointSpec  # noqa: E402
+from harness.reports.layout import BarSpec, FigureSpec, PointSpec  # noqa: E402
 from harness.reports.reference import load_reference  # noqa: E402
-from harness.reports.tables import failure_reason, pick, result_value  # noqa: E402
+from harness.reports.tables import dominant_axes, failure_reason, pick, result_value  # noqa: E402
 
 PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches
 PAPER_MARKERS = ("*", "P", "X", "D", "^", "v")
@@ -34,19 +35,55 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def curve_data(spec: FigureSpec, results: list[dict[str, Any]]) -> tuple[dict[str, list[tuple[float, float]]], list[str]]:
+def curve_data(
+    spec: FigureSpec, results: list[dict[str, Any]]
+) -> tuple[dict[str, list[tuple[float, float]]], list[str]]:
     """Our points per series, plus one line per matching unit that gave no point (and why)."""
     assert spec.x is not None and spec.y is not None
     series: dict[str, list[tuple[float, float]]] = {}
     missing: list[str] = []
     for r in sorted((r for r in results if spec.match.accepts(r)), key=lambda r: r.get("id", 0)):
-        x, y = _as_float(result_value(r, spec.x)), _as_float(result_value(r, spec.y))
         name = _series_name(r, spec.series)
+        if spec.curve_note is not None:
+            points = _note_curve(r, spec.curve_note, spec.x, spec.y)
+            if points:
+                series.setdefault(name, []).extend(points)
+            else:
+                missing.append(f"{name} ({_unit_axes(r)}): {failure_reason(r, 'note ' + spec.curve_note)}")
+            continue
+        x, y = _as_float(result_value(r, spec.x)), _as_float(result_value(r, spec.y))
         if r["status"] != "ok" or x is None or y is None:
             missing.append(f"{name} ({_unit_axes(r)}): {failure_reason(r, spec.y)}")
             continue
+        if spec.per_image:
+            y /= max(int(r.get("batch_size") or 1), 1)
         series.setdefault(name, []).append((x, y))
     return {k: sorted(v) for k, v in series.items()}, missing
+
+
+def note_value(result: dict[str, Any], path: str) -> Any:
+    """The note at a dotted ``path`` (``per_class_iou.refined``), or None."""
+    value: Any = result.get("notes", {})
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _note_curve(result: dict[str, Any], note: str, x: str, y: str) -> list[tuple[float, float]]:
+    if result.get("status") != "ok":
+        return []
+    points = note_value(result, note)
+    if not isinstance(points, list):
+        return []
+    out = []
+    for point in points:
+        if isinstance(point, dict):
+            px, py = _as_float(point.get(x)), _as_float(point.get(y))
+            if px is not None and py is not None:
+                out.append((px, py))
+    return out
 
 
 def _unit_axes(r: dict[str, Any]) -> str:
@@ -91,29 +128,63 @@ def _axis_label(name: str, results: list[dict[str, Any]]) -> str:
 def draw_curve(spec: FigureSpec, results: list[dict[str, Any]], default_paper: str | None) -> Figure:
     fig, ax = plt.subplots(figsize=PAGE_SIZE)
     ours, missing = curve_data(spec, results)
-    for name, pts in ours.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", lw=1.8, ms=5, label=f"ours: {name}")
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {}
+    for i, (name, pts) in enumerate(ours.items()):
+        colors[name] = palette[i % len(palette)]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", lw=1.8, ms=5, color=colors[name], label=f"ours: {name}")
     n_paper = 0
     for point in spec.points:
         for name, pts in reference_points(point, default_paper).items():
             marker = PAPER_MARKERS[n_paper % len(PAPER_MARKERS)]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=":" if len(pts) > 1 else "none",
-                    marker=marker, ms=11, mfc="none", mew=1.6, color="0.2" if n_paper == 0 else None,
-                    label=name)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                linestyle=":" if len(pts) > 1 else "none",
+                marker=marker,
+                ms=11,
+                mfc="none",
+                mew=1.6,
+                color=_paper_color(name, colors, n_paper, palette),
+                label=name,
+            )
             n_paper += 1
     ax.set_xscale(spec.xscale)
+    xs = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+    if spec.xscale == "log" and 0 < len(xs) <= 12:
+        ax.xaxis.set_major_locator(FixedLocator(xs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(spec.xlabel or _axis_label(spec.x or "", results), fontsize=12)
     ax.set_ylabel(spec.ylabel or _axis_label(spec.y or "", results), fontsize=12)
     ax.grid(True, alpha=0.3)
     if ours or n_paper:
-        ax.legend(fontsize=9, loc="best")
+        ax.legend(fontsize=10, loc="best")
     if not ours:
-        ax.text(0.5, 0.5, "no results of ours to plot", transform=ax.transAxes, ha="center", va="center",
-                fontsize=14, color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no results of ours to plot",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=14,
+            color="0.4",
+        )
     fig.suptitle(spec.title, fontsize=15)
     _add_missing(fig, missing)
     fig.tight_layout(rect=(0, 0.08 if missing else 0, 1, 0.95))
     return fig
+
+
+def _paper_color(name: str, ours: dict[str, str], index: int, palette: list[str]) -> str:
+    """The colour of the series of ours that the paper series names (by its value), else a neutral one."""
+    tokens = set(re.findall(r"[\w.+-]+", name.lower()))
+    for series, color in ours.items():
+        values = [part.split("=", 1)[-1].strip().lower() for part in series.split(",")]
+        if all(v and v in tokens for v in values):
+            return color
+    return "0.2" if index == 0 else palette[(len(ours) + index) % len(palette)]
 
 
 def _add_missing(fig: Figure, missing: list[str]) -> None:
@@ -128,18 +199,19 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
 
 
-def bar_values(spec: FigureSpec, result: dict[str, Any] | None) -> dict[str, float]:
+def bar_values(bar: BarSpec, result: dict[str, Any] | None) -> dict[str, float]:
+    """{category: value} of one bar series from a unit's metrics (by prefix) or a note."""
     if result is None or result.get("status") != "ok":
         return {}
-    if spec.values_metric_prefix is not None:
-        prefix = spec.values_metric_prefix
-        return {k[len(prefix):]: float(m["value"]) for k, m in result["metrics"].items() if k.startswith(prefix)}
-    note = result.get("notes", {}).get(spec.values_note or "")
+    if bar.values_metric_prefix is not None:
+        prefix = bar.values_metric_prefix
+        return {k[len(prefix) :]: float(m["value"]) for k, m in result["metrics"].items() if k.startswith(prefix)}
+    note = note_value(result, bar.values_note or "")
     if isinstance(note, dict):
         return {str(k): float(v) for k, v in note.items() if _as_float(v) is not None}
     if isinstance(note, list):
-        classes = result.get("notes", {}).get("classes") or [str(i) for i in range(len(note))]
-        return {str(c): float(v) for c, v in zip(classes, note) if _as_float(v) is not None}
+        classes = result.get("notes", {}).get("classes") or [f"class {i}" for i in range(len(note))]
+        return {str(c): float(v) for c, v in zip(classes, note, strict=False) if _as_float(v) is not None}
     return {}
 
 
@@ -149,12 +221,17 @@ def draw_bars(spec: FigureSpec, results: list[dict[str, Any]], default_paper: st
     table = reference.table(spec.reference_table) if (reference and spec.reference_table) else None
     ours: list[dict[str, float]] = []
     missing = []
+    axes = dominant_axes(results, spec.match)
     for bar in spec.bars:
-        result = pick(results, spec.match.merged(bar.match))
-        values = bar_values(spec, result)
+        candidates = [r for r in results if bar_values(bar, r)]
+        result = pick(candidates, spec.match.merged(bar.match), prefer_axes=axes) or pick(
+            results, spec.match.merged(bar.match), prefer_axes=axes
+        )
+        values = bar_values(bar, result)
         ours.append(values)
         if not values:
-            missing.append(f"{bar.label}: {failure_reason(result, spec.values_note or spec.values_metric_prefix)}")
+            what = f"note {bar.values_note}" if bar.values_note else f"metrics {bar.values_metric_prefix}*"
+            missing.append(f"{bar.label}: {failure_reason(result, what)}")
     categories: list[str] = []
     for values in ours:
         categories.extend(c for c in values if c not in categories)
@@ -167,22 +244,35 @@ def draw_bars(spec: FigureSpec, results: list[dict[str, Any]], default_paper: st
     width = 0.8 / n
     xs = range(len(categories))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (bar, values) in enumerate(zip(spec.bars, ours)):
+    for i, (bar, values) in enumerate(zip(spec.bars, ours, strict=False)):
         offsets = [x - 0.4 + width * (i + 0.5) for x in xs]
         color = colors[i % len(colors)]
         heights = [values.get(c, float("nan")) for c in categories]
         ax.bar(offsets, heights, width=width, color=color, label=f"ours: {bar.label}")
         if table is not None and bar.ref is not None:
-            paper_pts = [(o, table.cell(bar.ref, ref_keys.get(_norm(c), ""))) for o, c in zip(offsets, categories)]
+            prefix = bar.values_metric_prefix or ""
+            paper_pts = [
+                (o, table.cell(bar.ref, ref_keys.get(_norm(c), ref_keys.get(_norm(prefix + c), ""))))
+                for o, c in zip(offsets, categories, strict=False)
+            ]
             pts = [(o, cell.value) for o, cell in paper_pts if cell is not None and cell.value is not None]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", marker="_", ms=14, mew=2.5,
-                        color="black" if i == 0 else color, markeredgecolor="black", label=f"paper: {bar.ref}")
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    linestyle="none",
+                    marker="D",
+                    ms=7,
+                    mew=1.2,
+                    color=color,
+                    markeredgecolor="black",
+                    label=f"paper: {bar.ref}",
+                )
     ax.set_xticks(list(xs))
     ax.set_xticklabels(categories, rotation=45, ha="right", fontsize=10)
     ax.set_ylabel(spec.ylabel or "IoU (%)", fontsize=12)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=9, ncol=2, loc="lower right")
+    ax.legend(fontsize=10, ncol=2, loc="best", framealpha=0.95)
     if not any(ours):
         ax.text(0.5, 0.6, "no results of ours to plot", transform=ax.transAxes, ha="center", fontsize=14, color="0.4")
     fig.suptitle(spec.title, fontsize=15)

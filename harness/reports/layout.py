@@ -16,6 +16,10 @@ Schema::
         rows:
           - label: Entropy               # shown in the table
             ref: Entropy                 # reference row key (default: label; null = none)
+            ref_table: "Table 1"         # optional: the row's paper values come from this table
+            metrics: {latency: selector_latency}   # optional: read another metric in this row
+                                         # (null: the column does not apply to this row, shown "-")
+            base: "HRNet-W48 (HR)"       # optional: base row of this row's speedup/ratio/delta
             match: {params: {selector: entropy}}
         expand:                          # optional: one row per distinct value found in the results
           param: alpha                   # a parameter name or an axis (precision, batch_size, device)
@@ -29,11 +33,18 @@ Schema::
             match: {precision: fp16}     # optional, merged over the row's match
             kind: value                  # value | speedup | ratio | delta | gap_closed | matched
             base: "HR"                   # speedup/ratio/delta: the row label to compare with
-            lr: "LR"                     # gap_closed: LR and HR row labels
+            lr: "LR"                     # gap_closed: LR and HR row labels, or instead
             hr: "HR"
+            lr_metric: miou_lr           # gap_closed: LR/HR values recorded by this row's own unit
+            hr_metric: miou_hr
+            paper_lr: "Table 1:HRNet-W48 (LR)"   # with lr_metric: the paper's LR/HR rows
+            paper_hr: "Table 1:HRNet-W48 (HR)"   # ("<table>:<row>", or a row of this table)
             x: density                   # matched: the x metric; the y value of this row's
             vary: [alpha, section]       # curve (results matching the row with the `vary`
                                          # params/fields left open) is interpolated at the paper's x
+            scale: 0.001                 # multiply our value (unit conversion, e.g. G -> T)
+            per_image: true              # divide our value by the unit's batch size (per-image
+                                         # latency, as the paper reports it)
 
     figures:
       - id: fig3b
@@ -42,7 +53,11 @@ Schema::
         match: {trial: sparserefine.selector}
         x: density                       # a metric, a parameter or an axis
         y: recall
-        series: [selector]               # parameters/axes/label/section whose values split series
+        curve_note: curve                # optional: each unit's note `curve` (a list of {x:.., y:..}
+                                         # dicts) is one series, instead of one point per unit
+        series: [selector]               # parameters/axes/label/section (or dotted fields such as
+                                         # dataset.name) whose values split series
+        per_image: false                 # divide y by the unit's batch size
         xscale: linear                   # linear | log
         points:                          # paper points overlaid on the curves
           - {table: "Table 5a", rows: [Entropy, Magnitude], x: density, y: recall}
@@ -52,13 +67,20 @@ Schema::
         kind: bars                       # grouped bars, one group per category
         reference: "Table 8"
         values: {note: per_class_iou}    # a note holding {category: value} (or a list matched to
-                                         # notes `classes`), or {metric_prefix: "iou_"}
+                                         # notes `classes`; a dotted path reaches inside a note),
+                                         # or {metric_prefix: "iou_"}; a bar may override `values`
         bars:
           - {label: LR, match: {params: {kind: lr}}, ref: "HRNet-W48 (512x1024)"}
+          - {label: SR, match: {trial: sr}, values: {note: per_class_iou.refined}, ref: "+ SparseRefine (Ours)"}
 
 A ``match`` may hold ``trial``, ``section``, ``label``, ``precision``, ``batch_size``, ``device``
-(each equal) and ``params`` (a subset of the result's parameters). Every key is checked here, so a
-typo fails at validation with the file and key named, not in the middle of a report.
+(each equal) and ``params`` (a subset of the result's parameters). A cell's match is the table's,
+then the row's, then the column's, merged in that order. When several units qualify, the newest one
+with the metric on the table's most common (precision, batch size, device) wins; when none has it,
+the cell shows why (``not run``, ``OOM``, ``unavailable: ...``, taken from the unit's error).
+
+Every key is checked here, so a typo fails at validation with the file and key named, not in the
+middle of a report.
 """
 
 from __future__ import annotations
@@ -90,8 +112,10 @@ class Match:
 
     def without(self, names: tuple[str, ...]) -> Match:
         """This match with the named parameters and fields left open."""
-        return Match(tuple((k, v) for k, v in self.fields if k not in names),
-                     tuple((k, v) for k, v in self.params if k not in names))
+        return Match(
+            tuple((k, v) for k, v in self.fields if k not in names),
+            tuple((k, v) for k, v in self.params if k not in names),
+        )
 
     def accepts(self, result: dict[str, Any]) -> bool:
         for key, want in self.fields:
@@ -120,6 +144,12 @@ class ColumnSpec:
     hr: str | None = None
     x: str | None = None
     vary: tuple[str, ...] = ()
+    per_image: bool = False
+    lr_metric: str | None = None
+    hr_metric: str | None = None
+    paper_lr: str | None = None
+    paper_hr: str | None = None
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +157,12 @@ class RowSpec:
     label: str
     ref: str | None
     match: Match = Match()
+    ref_table: str | None = None  # take this row's paper values from another table of the paper
+    metrics: tuple[tuple[str, str], ...] = ()  # column metric -> the metric this row reads instead
+    base: str | None = None  # speedup/ratio/delta: this row's own base row (overrides the column's)
+
+    def metric_for(self, column_metric: str) -> str:
+        return dict(self.metrics).get(column_metric, column_metric)
 
 
 @dataclass(frozen=True)
@@ -167,6 +203,8 @@ class BarSpec:
     label: str
     match: Match
     ref: str | None = None
+    values_note: str | None = None
+    values_metric_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +225,8 @@ class FigureSpec:
     bars: tuple[BarSpec, ...] = ()
     ylabel: str | None = None
     xlabel: str | None = None
+    per_image: bool = False
+    curve_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +266,11 @@ class _Reader:
         if extra:
             raise self.fail(f"{where}.{extra[0]}", f"unknown key (allowed: {', '.join(allowed)})")
 
+    def flag(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, got {_kind(value)}")
+        return value
+
     def match(self, value: Any, where: str) -> Match:
         if value is None:
             return Match()
@@ -258,7 +303,26 @@ def _split_reference(value: str | None, paper: str | None) -> tuple[str | None, 
 
 def _parse_column(r: _Reader, raw: Any, where: str) -> ColumnSpec:
     data = r.mapping(raw, where)
-    r.known(data, ("metric", "ref", "label", "format", "kind", "match", "base", "lr", "hr", "x", "vary"), where)
+    allowed = (
+        "metric",
+        "ref",
+        "label",
+        "format",
+        "kind",
+        "match",
+        "base",
+        "lr",
+        "hr",
+        "x",
+        "vary",
+        "per_image",
+        "lr_metric",
+        "hr_metric",
+        "paper_lr",
+        "paper_hr",
+        "scale",
+    )
+    r.known(data, allowed, where)
     if "metric" not in data:
         raise r.fail(where, "missing key 'metric'")
     metric = r.text(data["metric"], f"{where}.metric")
@@ -270,8 +334,10 @@ def _parse_column(r: _Reader, raw: Any, where: str) -> ColumnSpec:
         format(1.5, fmt)
     except ValueError:
         raise r.fail(f"{where}.format", f"{fmt!r} is not a valid number format") from None
-    needs = {"speedup": ("base",), "ratio": ("base",), "delta": ("base",), "gap_closed": ("lr", "hr"),
-             "matched": ("x",)}
+    needs = {
+        "gap_closed": ("lr_metric", "hr_metric") if "lr_metric" in data or "hr_metric" in data else ("lr", "hr"),
+        "matched": ("x",),
+    }
     for key in needs.get(kind, ()):
         if key not in data:
             raise r.fail(where, f"kind {kind} needs key {key!r}")
@@ -288,17 +354,42 @@ def _parse_column(r: _Reader, raw: Any, where: str) -> ColumnSpec:
         hr=None if "hr" not in data else r.text(data["hr"], f"{where}.hr"),
         x=None if "x" not in data else r.text(data["x"], f"{where}.x"),
         vary=r.names(data.get("vary"), f"{where}.vary"),
+        per_image=r.flag(data.get("per_image", False), f"{where}.per_image"),
+        lr_metric=_opt_text(r, data, "lr_metric", where),
+        hr_metric=_opt_text(r, data, "hr_metric", where),
+        paper_lr=_opt_text(r, data, "paper_lr", where),
+        paper_hr=_opt_text(r, data, "paper_hr", where),
+        scale=_number(r, data.get("scale", 1.0), f"{where}.scale"),
     )
+
+
+def _number(r: _Reader, value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise r.fail(where, f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _opt_text(r: _Reader, data: dict[str, Any], key: str, where: str) -> str | None:
+    return None if data.get(key) is None else r.text(data[key], f"{where}.{key}")
 
 
 def _parse_row(r: _Reader, raw: Any, where: str) -> RowSpec:
     data = r.mapping(raw, where)
-    r.known(data, ("label", "ref", "match"), where)
+    r.known(data, ("label", "ref", "ref_table", "match", "metrics", "base"), where)
     if "label" not in data:
         raise r.fail(where, "missing key 'label'")
     label = r.text(data["label"], f"{where}.label")
     ref = data.get("ref", label)
-    return RowSpec(label, None if ref is None else r.text(ref, f"{where}.ref"), r.match(data.get("match"), f"{where}.match"))
+    ref_table = data.get("ref_table")
+    metrics = r.mapping(data.get("metrics") or {}, f"{where}.metrics")
+    return RowSpec(
+        label,
+        None if ref is None else r.text(ref, f"{where}.ref"),
+        r.match(data.get("match"), f"{where}.match"),
+        None if ref_table is None else r.text(ref_table, f"{where}.ref_table"),
+        tuple((str(k), "" if v is None else r.text(v, f"{where}.metrics.{k}")) for k, v in metrics.items()),
+        _opt_text(r, data, "base", where),
+    )
 
 
 def _parse_table(r: _Reader, raw: Any, where: str, paper: str | None) -> TableSpec:
@@ -311,7 +402,9 @@ def _parse_table(r: _Reader, raw: Any, where: str, paper: str | None) -> TableSp
     table_id = r.text(data["id"], f"{where}.id")
     ref = data.get("reference")
     ref_paper, ref_table = _split_reference(None if ref is None else r.text(ref, f"{where}.reference"), paper)
-    rows = tuple(_parse_row(r, row, f"{where}.rows[{i}]") for i, row in enumerate(r.seq(data.get("rows", []), f"{where}.rows")))
+    rows = tuple(
+        _parse_row(r, row, f"{where}.rows[{i}]") for i, row in enumerate(r.seq(data.get("rows", []), f"{where}.rows"))
+    )
     columns_raw = r.seq(data["columns"], f"{where}.columns")
     if not columns_raw:
         raise r.fail(f"{where}.columns", "needs at least one column")
@@ -336,6 +429,16 @@ def _parse_table(r: _Reader, raw: Any, where: str, paper: str | None) -> TableSp
             target = getattr(column, key)
             if target is not None and expand is None and target not in labels:
                 raise r.fail(f"{where}.columns.{column.metric}.{key}", f"no row labelled {target!r}")
+        if column.kind in ("speedup", "ratio", "delta") and column.base is None:
+            unbased = [row.label for row in rows if row.base is None]
+            if unbased or expand is not None:
+                raise r.fail(
+                    f"{where}.columns.{column.metric}",
+                    f"kind {column.kind} needs key 'base' (or a 'base' on every row)",
+                )
+    for row in rows:
+        if row.base is not None and row.base not in labels:
+            raise r.fail(f"{where}.rows.{row.label}.base", f"no row labelled {row.base!r}")
     transpose = data.get("transpose", False)
     if not isinstance(transpose, bool):
         raise r.fail(f"{where}.transpose", "expected true or false")
@@ -377,10 +480,36 @@ def _parse_point(r: _Reader, raw: Any, where: str, paper: str | None) -> PointSp
     )
 
 
+def _parse_values(r: _Reader, raw: Any, where: str) -> tuple[str | None, str | None]:
+    values = r.mapping(raw, where)
+    r.known(values, ("note", "metric_prefix"), where)
+    if len(values) != 1:
+        raise r.fail(where, "give exactly one of 'note' or 'metric_prefix'")
+    note = None if "note" not in values else r.text(values["note"], f"{where}.note")
+    prefix = None if "metric_prefix" not in values else r.text(values["metric_prefix"], f"{where}.metric_prefix")
+    return note, prefix
+
+
 def _parse_figure(r: _Reader, raw: Any, where: str, paper: str | None) -> FigureSpec:
     data = r.mapping(raw, where)
-    allowed = ("id", "title", "kind", "match", "x", "y", "series", "xscale", "points", "reference", "values",
-               "bars", "xlabel", "ylabel")
+    allowed = (
+        "id",
+        "title",
+        "kind",
+        "match",
+        "x",
+        "y",
+        "series",
+        "xscale",
+        "points",
+        "reference",
+        "values",
+        "bars",
+        "xlabel",
+        "ylabel",
+        "per_image",
+        "curve_note",
+    )
     r.known(data, allowed, where)
     if "id" not in data:
         raise r.fail(where, "missing key 'id'")
@@ -393,7 +522,8 @@ def _parse_figure(r: _Reader, raw: Any, where: str, paper: str | None) -> Figure
     ref = data.get("reference")
     ref_paper, ref_table = _split_reference(None if ref is None else r.text(ref, f"{where}.reference"), paper)
     points = tuple(
-        _parse_point(r, p, f"{where}.points[{i}]", paper) for i, p in enumerate(r.seq(data.get("points", []), f"{where}.points"))
+        _parse_point(r, p, f"{where}.points[{i}]", paper)
+        for i, p in enumerate(r.seq(data.get("points", []), f"{where}.points"))
     )
     values_note = values_prefix = None
     bars: tuple[BarSpec, ...] = ()
@@ -402,21 +532,30 @@ def _parse_figure(r: _Reader, raw: Any, where: str, paper: str | None) -> Figure
             if key not in data:
                 raise r.fail(where, f"curve figures need key {key!r}")
     else:
-        values = r.mapping(data.get("values"), f"{where}.values")
-        r.known(values, ("note", "metric_prefix"), f"{where}.values")
-        if len(values) != 1:
-            raise r.fail(f"{where}.values", "give exactly one of 'note' or 'metric_prefix'")
-        values_note = None if "note" not in values else r.text(values["note"], f"{where}.values.note")
-        values_prefix = None if "metric_prefix" not in values else r.text(values["metric_prefix"], f"{where}.values")
+        values_note = values_prefix = None
+        if data.get("values") is not None:
+            values_note, values_prefix = _parse_values(r, data["values"], f"{where}.values")
         bar_list = []
         for i, b in enumerate(r.seq(data.get("bars"), f"{where}.bars")):
             bw = f"{where}.bars[{i}]"
             bd = r.mapping(b, bw)
-            r.known(bd, ("label", "match", "ref"), bw)
+            r.known(bd, ("label", "match", "ref", "values"), bw)
             if "label" not in bd:
                 raise r.fail(bw, "missing key 'label'")
-            bar_list.append(BarSpec(r.text(bd["label"], f"{bw}.label"), r.match(bd.get("match"), f"{bw}.match"),
-                                    None if bd.get("ref") is None else r.text(bd["ref"], f"{bw}.ref")))
+            note, prefix = (values_note, values_prefix)
+            if bd.get("values") is not None:
+                note, prefix = _parse_values(r, bd["values"], f"{bw}.values")
+            elif note is None and prefix is None:
+                raise r.fail(bw, "missing key 'values' (and the figure gives none)")
+            bar_list.append(
+                BarSpec(
+                    r.text(bd["label"], f"{bw}.label"),
+                    r.match(bd.get("match"), f"{bw}.match"),
+                    None if bd.get("ref") is None else r.text(bd["ref"], f"{bw}.ref"),
+                    note,
+                    prefix,
+                )
+            )
         if not bar_list:
             raise r.fail(f"{where}.bars", "needs at least one bar series")
         bars = tuple(bar_list)
@@ -437,6 +576,8 @@ def _parse_figure(r: _Reader, raw: Any, where: str, paper: str | None) -> Figure
         bars=bars,
         xlabel=None if "xlabel" not in data else r.text(data["xlabel"], f"{where}.xlabel"),
         ylabel=None if "ylabel" not in data else r.text(data["ylabel"], f"{where}.ylabel"),
+        per_image=r.flag(data.get("per_image", False), f"{where}.per_image"),
+        curve_note=_opt_text(r, data, "curve_note", where),
     )
 
 

@@ -20,6 +20,7 @@ class Provenance:
     scale: str
     datasets: list[str]
     status_counts: dict[str, int]
+    never_run: list[str] = field(default_factory=list)  # suite units with no stored result
     generated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
     def items(self) -> list[tuple[str, str]]:
@@ -40,7 +41,10 @@ class Provenance:
                 ("device", _device_text(latest)),
                 ("threads", str(latest.threads)),
                 ("host", latest.host or "-"),
-                ("torch", f"{latest.torch_version or '-'}" + (f", CUDA {latest.cuda_version}" if latest.cuda_version else "")),
+                (
+                    "torch",
+                    f"{latest.torch_version or '-'}" + (f", CUDA {latest.cuda_version}" if latest.cuda_version else ""),
+                ),
                 ("git sha", sha),
                 ("run date", _run_dates(self.runs)),
                 ("run status", latest.status),
@@ -74,7 +78,7 @@ def dataset_text(dataset: dict[str, Any]) -> str:
 def build_provenance(
     suite: str, raw_suite: dict[str, Any], runs: list[Run], results: list[dict[str, Any]]
 ) -> Provenance:
-    datasets = sorted({dataset_text(r.get("dataset") or {}) for r in results})
+    datasets = sorted({dataset_text(r["dataset"]) for r in results if r.get("dataset")})
     scales = sorted({str(r.get("scale")) for r in results if r.get("scale")}) or sorted({r.scale for r in runs})
     reproduces = raw_suite.get("reproduces") or []
     return Provenance(

@@ -89,8 +89,11 @@ class RefTable:
                 cell = self.cell(row, column)
                 assert cell is not None
                 unit = self.columns[column].unit if column in self.columns else ""
-                out.append(RefValue(self.paper, self.id, row, column, cell.value, cell.text, unit,
-                                    self.context_for(row, column)))
+                out.append(
+                    RefValue(
+                        self.paper, self.id, row, column, cell.value, cell.text, unit, self.context_for(row, column)
+                    )
+                )
         return out
 
 
@@ -119,8 +122,13 @@ def _parse(data: Any, path: Path) -> Reference:
         columns = {}
         for key, col in (raw.get("columns") or {}).items():
             col = col or {}
-            columns[key] = RefColumn(key, str(col.get("label", key)), str(col.get("unit", "")),
-                                     col.get("decimals"), dict(col.get("context") or {}))
+            columns[key] = RefColumn(
+                key,
+                str(col.get("label", key)),
+                str(col.get("unit", "")),
+                col.get("decimals"),
+                dict(col.get("context") or {}),
+            )
         for row_key, cells in raw["rows"].items():
             if not isinstance(cells, dict):
                 raise UserError(f"{where}.rows.{row_key}: expected a mapping of column to value")

@@ -19,11 +19,14 @@ from harness.reports.figures import PAGE_SIZE  # noqa: E402
 from harness.reports.provenance import Provenance  # noqa: E402
 from harness.reports.tables import BuiltTable  # noqa: E402
 
-TABLE_AXES = (0.03, 0.17, 0.94, 0.66)  # left, bottom, width, height in page fractions
+TABLE_AXES = (0.03, 0.17, 0.94, 0.63)  # left, bottom, width, height in page fractions
 ROW_INCHES = 0.30
 HEADER_LINE_INCHES = 0.2
 MAX_SUBCOLUMNS = 13
 HEADER_WRAP = 18
+TITLE_WRAP = 95
+LABEL_WRAP = 44  # characters per line in the first (row label) column
+CELL_WRAP = 30
 COLOR_HEADER = "#dde3ea"
 COLOR_PAPER = "#eef4fb"
 COLOR_MISSING = "#fbe9e4"
@@ -55,32 +58,38 @@ class Grid:
 
 
 def table_grid(table: BuiltTable) -> Grid:
-    """Flatten to text; with a reference each column becomes 'ours' and 'paper' sub-columns.
+    """Flatten to text; a column with a paper value becomes 'ours' and 'paper' sub-columns.
 
-    Wide tables (or ``transpose: true``) are printed with metrics as rows.
+    Wide tables (or ``transpose: true``) are printed with the columns as rows.
     """
-    per_col = 2 if table.has_reference else 1
-    transpose = table.spec.transpose or (len(table.headers) * per_col > MAX_SUBCOLUMNS
-                                         and len(table.row_labels) < len(table.headers))
-    if not transpose:
-        header = [""]
-        for h in table.headers:
-            header += [f"{h}\nours", "paper"] if per_col == 2 else [h]
-        body, missing, paper_cols = [], set(), set()
-        for i, (label, cells) in enumerate(zip(table.row_labels, table.cells)):
-            line = [label]
-            for cell in cells:
-                if cell.ours is None:
-                    missing.add((i, len(line)))
-                line.append(cell.ours_text)
-                if per_col == 2:
-                    paper_cols.add(len(line))
-                    line.append(cell.paper_text)
-            body.append(line)
-        return Grid(header, body, paper_cols, missing)
+    paper_cols_of = table.paper_columns or [table.has_reference] * len(table.headers)
+    width = sum(2 if p else 1 for p in paper_cols_of)
+    transpose = table.spec.transpose or (width > MAX_SUBCOLUMNS and len(table.row_labels) < len(table.headers))
+    if transpose:
+        return _transposed_grid(table, paper_cols_of)
+    header = [""]
+    for h, with_paper in zip(table.headers, paper_cols_of, strict=False):
+        header += [f"{h}\nours", "paper"] if with_paper else [h]
+    body, missing, paper_cols = [], set(), set()
+    for i, (label, cells) in enumerate(zip(table.row_labels, table.cells, strict=False)):
+        line = [label]
+        for cell, with_paper in zip(cells, paper_cols_of, strict=False):
+            if cell.ours is None:
+                missing.add((i, len(line)))
+            line.append(cell.ours_text)
+            if with_paper:
+                paper_cols.add(len(line))
+                line.append(cell.paper_text)
+        body.append(line)
+    return Grid(header, body, paper_cols, missing)
+
+
+def _transposed_grid(table: BuiltTable, paper_cols_of: list[bool]) -> Grid:
+    """Columns as rows; every table row becomes an 'ours' (and 'paper') column."""
+    with_paper = any(paper_cols_of)
     header = [""]
     for label in table.row_labels:
-        header += [f"{label}\nours", "paper"] if per_col == 2 else [label]
+        header += [f"{label}\nours", "paper"] if with_paper else [label]
     body, missing, paper_cols = [], set(), set()
     for j, h in enumerate(table.headers):
         line = [h]
@@ -89,9 +98,9 @@ def table_grid(table: BuiltTable) -> Grid:
             if cell.ours is None:
                 missing.add((j, len(line)))
             line.append(cell.ours_text)
-            if per_col == 2:
+            if with_paper:
                 paper_cols.add(len(line))
-                line.append(cell.paper_text)
+                line.append(cell.paper_text if paper_cols_of[j] else "")
         body.append(line)
     return Grid(header, body, paper_cols, missing)
 
@@ -104,45 +113,63 @@ def _wrap_lines(lines: list[str], width: int) -> str:
     return "\n".join(textwrap.fill(line, width, subsequent_indent="    ") for line in lines)
 
 
+def _paginate(heights: list[float], room: float) -> list[list[int]]:
+    """Split row indices into pages whose row heights fit ``room`` inches."""
+    pages: list[list[int]] = [[]]
+    used = 0.0
+    for i, h in enumerate(heights):
+        if pages[-1] and used + h > room:
+            pages.append([])
+            used = 0.0
+        pages[-1].append(i)
+        used += h
+    return pages
+
+
 def _table_pages(table: BuiltTable) -> list[Figure]:
     grid = table_grid(table)
     header = [_wrap_header(h) for h in grid.header]
-    header_lines = max(h.count("\n") + 1 for h in header)
+    header_inches = max(h.count("\n") + 1 for h in header) * HEADER_LINE_INCHES + 0.1
+    body = [
+        [textwrap.fill(text, CELL_WRAP if j else LABEL_WRAP) or text for j, text in enumerate(row)] for row in grid.body
+    ]
+    row_inches = [ROW_INCHES * (1 + 0.55 * max(t.count("\n") for t in row)) for row in body]
     axes_inches = TABLE_AXES[3] * PAGE_SIZE[1]
-    per_page = max(1, int((axes_inches - header_lines * HEADER_LINE_INCHES - 0.1) / ROW_INCHES))
-    n_pages = max(1, math.ceil(len(grid.body) / per_page))
+    pages_rows = _paginate(row_inches, axes_inches - header_inches)
     widths = []
     for j in range(len(header)):
-        longest = max([len(line) for line in header[j].split("\n")] + [len(row[j]) for row in grid.body] + [5])
-        widths.append(min(longest, 40) + 2)
-    total = sum(widths)
-    col_widths = [w / total for w in widths]
+        lines = header[j].split("\n") + [line for row in body for line in row[j].split("\n")]
+        widths.append(max(max(len(line) for line in lines), 5) + 2)
+    col_widths = [w / sum(widths) for w in widths]
     n_cols = len(header)
     font = 10 if n_cols <= 9 else 8.5 if n_cols <= 13 else 7
-    pages = []
-    for page in range(n_pages):
-        rows = grid.body[page * per_page:(page + 1) * per_page]
+    figures = []
+    for page, indices in enumerate(pages_rows):
         fig = plt.figure(figsize=PAGE_SIZE)
-        suffix = f" (part {page + 1}/{n_pages})" if n_pages > 1 else ""
-        fig.text(0.03, 0.955, table.title + suffix, fontsize=16, weight="bold", va="top")
-        fig.text(0.03, 0.905, _wrap_lines(table.context_lines, 150), fontsize=9, va="top", color="0.25")
+        suffix = f" (part {page + 1}/{len(pages_rows)})" if len(pages_rows) > 1 else ""
+        title = textwrap.fill(table.title + suffix, TITLE_WRAP)
+        fig.text(0.03, 0.955, title, fontsize=16, weight="bold", va="top")
+        context_top = 0.905 - 0.04 * title.count("\n")
+        fig.text(0.03, context_top, _wrap_lines(table.context_lines, 150), fontsize=9, va="top", color="0.25")
         ax = fig.add_axes(TABLE_AXES)
         ax.axis("off")
-        height = min(1.0, (header_lines * HEADER_LINE_INCHES + 0.1 + len(rows) * ROW_INCHES) / axes_inches)
-        header_share = (header_lines * HEADER_LINE_INCHES + 0.1) / (header_lines * HEADER_LINE_INCHES + 0.1
-                                                                      + len(rows) * ROW_INCHES)
-        mpl_table = ax.table(cellText=[header] + rows, colWidths=col_widths, bbox=(0, 1 - height, 1, height),
-                             cellLoc="center")
+        heights = [header_inches] + [row_inches[i] for i in indices]
+        height = min(1.0, sum(heights) / axes_inches)
+        mpl_table = ax.table(
+            cellText=[header] + [body[i] for i in indices],
+            colWidths=col_widths,
+            bbox=(0, 1 - height, 1, height),
+            cellLoc="center",
+        )
         mpl_table.auto_set_font_size(False)
         mpl_table.set_fontsize(font)
-        n_rows = len(rows) + 1
         for (i, j), cell in mpl_table.get_celld().items():
             cell.set_edgecolor("0.75")
-            cell.set_height(height * (header_share if i == 0 else (1 - header_share) / max(n_rows - 1, 1)))
+            cell.set_height(height * heights[i] / sum(heights))
             if i == 0:
                 cell.set_facecolor(COLOR_HEADER)
                 cell.set_text_props(weight="bold")
-            elif (page * per_page + i - 1, j) in grid.missing:
+            elif (indices[i - 1], j) in grid.missing:
                 cell.set_facecolor(COLOR_MISSING)
             elif j in grid.paper_cols:
                 cell.set_facecolor(COLOR_PAPER)
@@ -150,10 +177,10 @@ def _table_pages(table: BuiltTable) -> list[Figure]:
                 cell.set_text_props(ha="left")
                 cell.PAD = 0.02
         foot = [f"[{k}] {text}" for k, text in enumerate(table.footnotes, 1)] + [f"Note: {n}" for n in table.notes]
-        if foot and page == n_pages - 1:
+        if foot and page == len(pages_rows) - 1:
             fig.text(0.03, 0.15, _wrap_lines(foot, 170), fontsize=8.5, va="top")
-        pages.append(fig)
-    return pages
+        figures.append(fig)
+    return figures
 
 
 def _title_page(report: Report, contents: list[tuple[str, int]]) -> Figure:
@@ -236,14 +263,25 @@ def save_figure_files(report: Report, directory: Path, formats: tuple[str, ...])
 
 def write_markdown(report: Report, path: Path, figure_files: dict[str, dict[str, Path]]) -> None:
     prov = report.provenance
-    lines = [f"# {prov.title or prov.suite}", "", f"segharness report for suite `{prov.suite}`.", "",
-             "## Provenance", "", "| field | value |", "|---|---|"]
+    lines = [
+        f"# {prov.title or prov.suite}",
+        "",
+        f"segharness report for suite `{prov.suite}`.",
+        "",
+        "## Provenance",
+        "",
+        "| field | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in prov.items()]
     lines += ["", f"_{EXPLANATION}_", ""]
+    if prov.never_run:
+        lines += [f"Units of the suite with no result (not run): {len(prov.never_run)}", ""]
+        lines += [f"- `{unit}`" for unit in prov.never_run] + [""]
     for table in report.tables:
         lines += [f"## {table.title}", ""]
         lines += [f"- {line}" for line in table.context_lines] + [""]
-        lines += [table_frame(table).to_markdown(), ""]
+        lines += [table_frame(table).to_markdown(disable_numparse=True), ""]
         lines += [f"[{k}] {text}  " for k, text in enumerate(table.footnotes, 1)]
         lines += [f"> Note: {n}" for n in table.notes] + [""]
     if report.figures:
@@ -256,16 +294,32 @@ def write_markdown(report: Report, path: Path, figure_files: dict[str, dict[str,
 
 
 def _tex_escape(text: str) -> str:
-    table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    table = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(table.get(ch, ch) for ch in text)
 
 
 def write_latex(report: Report, path: Path, figure_files: dict[str, dict[str, Path]]) -> None:
     prov = report.provenance
-    out = [r"\documentclass[10pt,landscape]{article}", r"\usepackage[margin=1.5cm]{geometry}",
-           r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\begin{document}",
-           rf"\section*{{{_tex_escape(prov.title or prov.suite)}}}", r"\begin{tabular}{ll}"]
+    out = [
+        r"\documentclass[10pt,landscape]{article}",
+        r"\usepackage[margin=1.5cm]{geometry}",
+        r"\usepackage{booktabs}",
+        r"\usepackage{graphicx}",
+        r"\begin{document}",
+        rf"\section*{{{_tex_escape(prov.title or prov.suite)}}}",
+        r"\begin{tabular}{ll}",
+    ]
     out += [rf"\textbf{{{_tex_escape(k)}}} & {_tex_escape(v)} \\" for k, v in prov.items()]
     out += [r"\end{tabular}", "", _tex_escape(EXPLANATION), ""]
     for table in report.tables:
@@ -279,7 +333,11 @@ def write_latex(report: Report, path: Path, figure_files: dict[str, dict[str, Pa
         file = figure_files.get(fig_id, {}).get("pdf")
         if file:
             rel = file.relative_to(path.parent).as_posix()
-            out += [r"\begin{figure}[p]\centering", rf"\includegraphics[width=\linewidth]{{{rel}}}",
-                    rf"\caption{{{_tex_escape(title)}}}", r"\end{figure}"]
+            out += [
+                r"\begin{figure}[p]\centering",
+                rf"\includegraphics[width=\linewidth]{{{rel}}}",
+                rf"\caption{{{_tex_escape(title)}}}",
+                r"\end{figure}",
+            ]
     out.append(r"\end{document}")
     path.write_text("\n".join(out) + "\n")

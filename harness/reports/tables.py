@@ -4,6 +4,7 @@ share of the LR->HR gap closed, y at the paper's x on our curve)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,12 +12,17 @@ from typing import Any
 import numpy as np
 
 from harness.reports.layout import ColumnSpec, Match, RowSpec, TableSpec
-from harness.reports.reference import RefTable, load_reference
+from harness.reports.reference import RefCell, Reference, RefTable, load_reference
 
 AXIS_NAMES = ("precision", "batch_size", "device", "label", "section", "trial")
 SHORT_REASON_CHARS = 26
-STATUS_WORDS = {"oom": "OOM", "timeout": "timeout", "failed": "failed", "unsupported": "unsupported",
-                "unavailable": "unavailable"}
+STATUS_WORDS = {
+    "oom": "OOM",
+    "timeout": "timeout",
+    "failed": "failed",
+    "unsupported": "unsupported",
+    "unavailable": "unavailable",
+}
 
 
 @dataclass
@@ -36,18 +42,26 @@ class BuiltTable:
     headers: list[str]  # one per column, with unit
     cells: list[list[Cell]]
     has_reference: bool
+    paper_columns: list[bool] = field(default_factory=list)  # which columns show a paper value
     context_lines: list[str] = field(default_factory=list)
     footnotes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
 def result_value(result: dict[str, Any], name: str) -> Any:
-    """A metric value, else a parameter, else an axis/field of the result (None if absent)."""
+    """A metric value, else a parameter, else a field of the result (None if absent).
+
+    A dotted name reaches into a mapping field: ``dataset.name``, ``notes.backend``.
+    """
     metric = result.get("metrics", {}).get(name)
     if metric is not None:
         return metric["value"]
     if name in result.get("params", {}):
         return result["params"][name]
+    if "." in name and name not in result:
+        head, _, rest = name.partition(".")
+        inner = result.get(head)
+        return inner.get(rest) if isinstance(inner, dict) else None
     return result.get(name)
 
 
@@ -57,6 +71,8 @@ def failure_reason(result: dict[str, Any] | None, metric: str | None = None) -> 
         return "not run"
     status = result.get("status", "")
     if status == "ok":
+        if metric and metric.startswith(("note ", "metrics ")):
+            return f"no {metric}"
         return f"no metric {metric!r}" if metric else "no value"
     word = STATUS_WORDS.get(status, status)
     error = (result.get("error") or "").strip().splitlines()
@@ -112,8 +128,9 @@ def _expand_rows(spec: TableSpec, results: list[dict[str, Any]]) -> list[RowSpec
         return rows
     param = spec.expand.param
     refs = dict(spec.expand.refs)
-    values = sorted({_hashable(result_value(r, param)) for r in results if spec.match.accepts(r)}
-                    - {None}, key=_sort_key)
+    values = sorted(
+        {_hashable(result_value(r, param)) for r in results if spec.match.accepts(r)} - {None}, key=_sort_key
+    )
     for value in values:
         if param in AXIS_NAMES:
             match = Match(fields=((param, value),))
@@ -132,7 +149,14 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 
 class _TableBuilder:
-    def __init__(self, spec: TableSpec, results: list[dict[str, Any]], ref: RefTable | None):
+    def __init__(
+        self,
+        spec: TableSpec,
+        results: list[dict[str, Any]],
+        ref: RefTable | None,
+        reference: Reference | None = None,
+    ):
+        self.reference = reference
         self.spec = spec
         self.results = results
         self.ref = ref
@@ -146,54 +170,88 @@ class _TableBuilder:
         return self.spec.match.merged(row.match).merged(column.match)
 
     def ours(self, row: RowSpec, column: ColumnSpec, metric: str) -> tuple[float | None, str]:
+        metric = row.metric_for(metric)
+        if not metric:
+            return None, "-"
         result = pick(self.results, self.match_for(row, column), metric, self.axes)
         if result is not None:
             self.used.append(result)
         if result is not None and result["status"] == "ok" and metric in result["metrics"]:
-            return float(result["metrics"][metric]["value"]), ""
+            value = float(result["metrics"][metric]["value"]) * column.scale
+            return (value / max(int(result.get("batch_size") or 1), 1) if column.per_image else value), ""
         return None, failure_reason(result, metric)
 
     def paper(self, row: RowSpec | None, column_key: str | None) -> float | None:
         cell = self.paper_cell(row, column_key)
         return None if cell is None else cell.value
 
-    def paper_cell(self, row: RowSpec | None, column_key: str | None):
-        if self.ref is None or row is None or row.ref is None or column_key is None:
+    def paper_cell(self, row: RowSpec | None, column_key: str | None) -> RefCell | None:
+        if row is None or row.ref is None or column_key is None:
             return None
-        return self.ref.cell(row.ref, column_key)
+        if row.ref_table:
+            table = self.reference.table(row.ref_table) if self.reference else None
+        else:
+            table = self.ref
+        return None if table is None else table.cell(row.ref, column_key)
 
     def cell(self, row: RowSpec, column: ColumnSpec) -> Cell:
         kind = column.kind
         if kind == "value":
             ours, reason = self.ours(row, column, column.metric)
             ref_cell = self.paper_cell(row, column.ref)
-            return self._cell(ours, reason, ref_cell.value if ref_cell else None,
-                              ref_cell.text if ref_cell else "", column)
+            return self._cell(
+                ours, reason, ref_cell.value if ref_cell else None, ref_cell.text if ref_cell else "", column
+            )
         if kind in ("speedup", "ratio", "delta"):
-            base = self.by_label.get(column.base or "")
+            base_label = row.base or column.base
+            base = self.by_label.get(base_label or "")
             ours, reason = self.ours(row, column, column.metric)
             base_ours, base_reason = self.ours(base, column, column.metric) if base else (None, "no base row")
             paper, base_paper = self.paper(row, column.ref), self.paper(base, column.ref)
             derived = _combine(kind, ours, base_ours)
-            why = reason or (f"{column.base}: {base_reason}" if base_reason else "")
+            why = reason or (f"{base_label}: {base_reason}" if base_reason else "")
             return self._cell(derived, why if derived is None else "", _combine(kind, paper, base_paper), "", column)
         if kind == "gap_closed":
-            lr, hr = self.by_label.get(column.lr or ""), self.by_label.get(column.hr or "")
+            return self._gap_closed_cell(row, column)
+        return self._matched(row, column)
+
+    def _gap_closed_cell(self, row: RowSpec, column: ColumnSpec) -> Cell:
+        """(row - LR) / (HR - LR) in %, ours and the paper's."""
+        if column.lr_metric and column.hr_metric:
             values, reasons = [], []
-            for label, r in ((row.label, row), (column.lr, lr), (column.hr, hr)):
-                if r is None:
+            for metric in (column.metric, column.lr_metric, column.hr_metric):
+                value, why = self.ours(row, column, metric)
+                values.append(value)
+                if why:
+                    reasons.append(why)
+            papers = [self.paper(row, column.ref), self.paper_at(column.paper_lr, column.ref),
+                      self.paper_at(column.paper_hr, column.ref)]  # fmt: skip
+        else:
+            values, reasons = [], []
+            for label in (row.label, column.lr, column.hr):
+                target = self.by_label.get(label or "")
+                if target is None:
                     values.append(None)
                     reasons.append(f"no row {label}")
                     continue
-                v, why = self.ours(r, column, column.metric)
-                values.append(v)
+                value, why = self.ours(target, column, column.metric)
+                values.append(value)
                 if why:
-                    reasons.append(why if r is row else f"{label}: {why}")
-            papers = [self.paper(r, column.ref) for r in (row, lr, hr)]
-            derived = _gap_closed(*values)
-            reason = reasons[0] if reasons else "HR equals LR"
-            return self._cell(derived, reason if derived is None else "", _gap_closed(*papers), "", column)
-        return self._matched(row, column)
+                    reasons.append(why if target is row else f"{label}: {why}")
+            papers = [self.paper(self.by_label.get(label or ""), column.ref)
+                      for label in (row.label, column.lr, column.hr)]  # fmt: skip
+        derived = _gap_closed(*values)
+        reason = reasons[0] if reasons else "HR equals LR"
+        return self._cell(derived, reason if derived is None else "", _gap_closed(*papers), "", column)
+
+    def paper_at(self, address: str | None, column_key: str | None) -> float | None:
+        """The paper's value at ``"<table>:<row>"`` (or a row of this table) and ``column_key``."""
+        if address is None or column_key is None:
+            return None
+        table_id, sep, row = address.rpartition(":")
+        table = (self.reference.table(table_id) if self.reference else None) if sep else self.ref
+        cell = table.cell(row, column_key) if table is not None else None
+        return None if cell is None else cell.value
 
     def _matched(self, row: RowSpec, column: ColumnSpec) -> Cell:
         assert column.x is not None
@@ -203,8 +261,10 @@ class _TableBuilder:
         points = sorted(
             (float(r["metrics"][column.x]["value"]), float(r["metrics"][column.metric]["value"]))
             for r in self.results
-            if curve_match.accepts(r) and r["status"] == "ok"
-            and column.x in r["metrics"] and column.metric in r["metrics"]
+            if curve_match.accepts(r)
+            and r["status"] == "ok"
+            and column.x in r["metrics"]
+            and column.metric in r["metrics"]
         )
         if paper_x is None:
             return self._cell(None, "paper gives no x", paper_y, "", column)
@@ -214,16 +274,18 @@ class _TableBuilder:
         xs = np.array([p[0] for p in points])
         ys = np.array([p[1] for p in points])
         if paper_x < xs.min() or paper_x > xs.max():
-            return self._cell(None, f"paper x={paper_x:g} is outside our measured {column.x} range [{xs.min():.3g}, {xs.max():.3g}]", paper_y, "", column)
+            return self._cell(
+                None,
+                f"paper x={paper_x:g} is outside our measured {column.x} range [{xs.min():.3g}, {xs.max():.3g}]",
+                paper_y,
+                "",
+                column,
+            )
         return self._cell(float(np.interp(paper_x, xs, ys)), "", paper_y, "", column)
 
     def _cell(self, ours: float | None, reason: str, paper: float | None, paper_text: str, column: ColumnSpec) -> Cell:
         if ours is None:
-            text = reason
-            if len(reason) > SHORT_REASON_CHARS:
-                self.footnotes.append(reason)
-                head = reason.split(":")[0] if ":" in reason else reason[: SHORT_REASON_CHARS - 6] + "..."
-                text = f"{head[:SHORT_REASON_CHARS]} [{len(self.footnotes)}]"
+            text = short_reason(reason, self.footnotes)
         else:
             text = _fmt(ours, column.format)
         if not paper_text:
@@ -231,6 +293,16 @@ class _TableBuilder:
         elif paper is not None:
             paper_text = _fmt(paper, column.format)
         return Cell(ours, text, paper, paper_text, reason if ours is None else "")
+
+
+def short_reason(reason: str, footnotes: list[str]) -> str:
+    """``reason`` itself when short, else its head and a footnote number (the note added to ``footnotes``)."""
+    if len(reason) <= SHORT_REASON_CHARS:
+        return reason
+    if reason not in footnotes:
+        footnotes.append(reason)
+    head = reason.split(":")[0] if ":" in reason else reason[: SHORT_REASON_CHARS - 6] + "..."
+    return f"{head[:SHORT_REASON_CHARS]} [{footnotes.index(reason) + 1}]"
 
 
 def _combine(kind: str, value: float | None, base: float | None) -> float | None:
@@ -250,22 +322,26 @@ def _gap_closed(value: float | None, lr: float | None, hr: float | None) -> floa
 
 
 def _header(column: ColumnSpec, results: list[dict[str, Any]], ref: RefTable | None) -> str:
+    base = column.base or "base row"
     if column.kind == "speedup":
-        return f"{column.label} (x vs {column.base})"
+        return f"{column.label} (x vs {base})"
     if column.kind == "ratio":
-        return f"{column.label} (/ {column.base})"
+        return f"{column.label} (/ {base})"
     if column.kind == "gap_closed":
-        return f"{column.label} (% of {column.lr}->{column.hr} gap)"
+        if column.lr_metric:
+            return f"{column.label} gap closed (% of LR->HR)"
+        return f"{column.label} gap closed (% of {column.lr}->{column.hr})"
     unit = ""
     for r in results:
         m = r.get("metrics", {}).get(column.metric)
         if m and m.get("unit"):
             unit = m["unit"]
             break
-    if not unit and ref is not None and column.ref in ref.columns:
+    if (not unit or column.scale != 1.0) and ref is not None and column.ref in ref.columns:
         unit = ref.columns[column.ref].unit
     suffix = f" at paper {column.x}" if column.kind == "matched" else ""
-    delta = " delta" if column.kind == "delta" else ""
+    suffix += " per image" if column.per_image else ""
+    delta = f" change vs {base}" if column.kind == "delta" else ""
     return f"{column.label}{delta}{suffix}" + (f" ({unit})" if unit else "")
 
 
@@ -278,7 +354,8 @@ def _ours_context(used: list[dict[str, Any]]) -> str:
         return "no results"
     parts = []
     datasets = sorted({_dataset_text(r.get("dataset", {})) for r in used})
-    parts.append("dataset=" + "; ".join(d for d in datasets if d))
+    if any(datasets):
+        parts.append("dataset=" + "; ".join(d for d in datasets if d))
     for key in ("device", "precision", "batch_size", "scale"):
         values = sorted({str(r.get(key)) for r in used if r.get(key) is not None})
         if values:
@@ -297,7 +374,7 @@ def build_table(spec: TableSpec, results: list[dict[str, Any]], default_paper: s
     paper = spec.reference_paper or default_paper
     reference = load_reference(paper) if (paper and spec.reference_table) else None
     ref = reference.table(spec.reference_table) if (reference and spec.reference_table) else None
-    builder = _TableBuilder(spec, results, ref)
+    builder = _TableBuilder(spec, results, ref, reference)
     cells = [[builder.cell(row, column) for column in spec.columns] for row in builder.rows]
     notes = list(spec.notes)
     context_lines = []
@@ -314,6 +391,7 @@ def build_table(spec: TableSpec, results: list[dict[str, Any]], default_paper: s
         headers=[_header(c, results, ref) for c in spec.columns],
         cells=cells,
         has_reference=ref is not None,
+        paper_columns=[ref is not None and c.ref is not None for c in spec.columns],
         context_lines=context_lines,
         footnotes=builder.footnotes,
         notes=notes,
@@ -332,15 +410,26 @@ def generic_table(results: list[dict[str, Any]]) -> BuiltTable | None:
     from harness.reports.layout import ColumnSpec as Col
 
     columns = tuple(Col(metric=m, label=m, ref=None, format=".4g") for m in metrics[:8])
+    varying = _varying_params(results)
+    trials = {r.get("trial") for r in results}
     rows = []
     for r in sorted(results, key=lambda r: r.get("id", 0)):
-        params = ", ".join(f"{k}={v}" for k, v in sorted(r.get("params", {}).items()))
+        params = ", ".join(f"{k}={r['params'][k]}" for k in varying if k in r.get("params", {}))
         axes = f"{r.get('precision')}/b{r.get('batch_size')}/{r.get('device')}"
-        label = " ".join(x for x in (r.get("trial", ""), r.get("label") or "", params, axes) if x)
+        trial = r.get("trial", "") if len(trials) > 1 else ""
+        label = " ".join(x for x in (trial, r.get("label") or "", params, axes) if x)
         rows.append((label, r))
-    spec = TableSpec(id="all", title="All results", reference_paper=None, reference_table=None,
-                     match=Match(), rows=(), columns=columns or (Col("none", "metrics", None),))
+    spec = TableSpec(
+        id="all",
+        title="All results",
+        reference_paper=None,
+        reference_table=None,
+        match=Match(),
+        rows=(),
+        columns=columns or (Col("none", "metrics", None),),
+    )
     cells = []
+    footnotes: list[str] = []
     for _, r in rows:
         line = []
         for column in spec.columns:
@@ -349,8 +438,23 @@ def generic_table(results: list[dict[str, Any]]) -> BuiltTable | None:
                 line.append(Cell(value, _fmt(value, column.format)))
             else:
                 reason = failure_reason(r, column.metric) if r["status"] != "ok" else ""
-                line.append(Cell(None, reason, reason=reason))
+                line.append(Cell(None, short_reason(reason, footnotes), reason=reason))
         cells.append(line)
     headers = [_header(c, results, None) for c in spec.columns]
-    return BuiltTable(spec, spec.title, [label for label, _ in rows], headers, cells, False,
-                      [f"Ours: {_ours_context(results)}"])
+    labels = [label for label, _ in rows]
+    context = [f"Ours: {_ours_context(results)}"]
+    if len(trials) == 1:
+        context.insert(0, f"Trial: {next(iter(trials))}")
+    return BuiltTable(
+        spec, spec.title, labels, headers, cells, has_reference=False, context_lines=context, footnotes=footnotes
+    )
+
+
+def _varying_params(results: list[dict[str, Any]]) -> list[str]:
+    """Parameter names whose value differs between results (the others would only repeat)."""
+    values: dict[str, set[str]] = {}
+    for r in results:
+        for key, value in r.get("params", {}).items():
+            values.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
+    n_trials = len({r.get("trial") for r in results})
+    return sorted(k for k, v in values.items() if len(v) > 1 or n_trials > 1)

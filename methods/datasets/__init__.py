@@ -1,0 +1,123 @@
+"""Datasets: the embedded procedural street scenes (default) and real Cityscapes / ADE20K / VOC layouts.
+
+``build_dataset(spec, split)`` takes a suite's dataset dict (``ctx.dataset``):
+
+- ``{"name": "embedded", "height": 512, "width": 1024, "num_train": 64, "num_val": 16, "seed": 0,
+  "cache_dir": "results/cache"}`` (all keys but name optional; ``cache_dir: null`` disables caching);
+- ``{"name": "cityscapes" | "ade20k" | "voc", "root": PATH}`` plus optional ``height``/``width``
+  (resize: bilinear image, nearest label) and ``num_train``/``num_val`` (use the first N files).
+  ``seed`` and ``cache_dir`` are accepted and unused, so one suite can switch datasets by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.errors import UserError
+from methods.datasets.base import (
+    IGNORE_INDEX,
+    MMSEG_MEAN,
+    MMSEG_STD,
+    SegDataset,
+    SegSample,
+    collate,
+    normalize,
+)
+from methods.datasets.embedded import (
+    EMBEDDED_CLASSES,
+    GENERATOR_VERSION,
+    EmbeddedConfig,
+    EmbeddedDataset,
+    check_size,
+    generate_scene,
+)
+from methods.datasets.real import REAL_LAYOUTS, build_real_dataset
+
+__all__ = [
+    "EMBEDDED_CLASSES",
+    "IGNORE_INDEX",
+    "MMSEG_MEAN",
+    "MMSEG_STD",
+    "EmbeddedConfig",
+    "EmbeddedDataset",
+    "SegDataset",
+    "SegSample",
+    "build_dataset",
+    "collate",
+    "dataset_identity",
+    "generate_scene",
+    "normalize",
+]
+
+SPLITS = ("train", "val")
+_COMMON_KEYS = {"name", "height", "width", "num_train", "num_val", "cache_dir", "seed"}
+_KEYS = {"embedded": _COMMON_KEYS, **{name: _COMMON_KEYS | {"root"} for name in REAL_LAYOUTS}}
+_INT_KEYS = ("height", "width", "num_train", "num_val", "seed")
+
+
+def _check_spec(spec: dict[str, Any]) -> str:
+    if not isinstance(spec, dict):
+        raise UserError(f"dataset settings must be a mapping, got {type(spec).__name__}")
+    name = spec.get("name", "embedded")
+    if name not in _KEYS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(_KEYS)}")
+    for key in spec:
+        if key not in _KEYS[name]:
+            raise UserError(
+                f"unknown dataset key {key!r} for dataset {name} (allowed: {', '.join(sorted(_KEYS[name]))})"
+            )
+    for key in _INT_KEYS:
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UserError(f"dataset key {key!r} must be an integer, got {value!r}")
+        minimum = 1 if key in ("height", "width") else 0
+        if value is not None and value < minimum:
+            raise UserError(f"dataset key {key!r} must be >= {minimum}, got {value!r}")
+    cache_dir = spec.get("cache_dir")
+    if cache_dir is not None and not isinstance(cache_dir, str):
+        raise UserError(f"dataset key 'cache_dir' must be a path string or null, got {cache_dir!r}")
+    return name
+
+
+def build_dataset(spec: dict[str, Any], split: str) -> SegDataset:
+    """The dataset described by ``spec`` (a suite's dataset dict), split "train" or "val"."""
+    name = _check_spec(spec)
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if name == "embedded":
+        defaults = EmbeddedConfig()
+        config = EmbeddedConfig(
+            height=spec.get("height", defaults.height),
+            width=spec.get("width", defaults.width),
+            num_train=spec.get("num_train", defaults.num_train),
+            num_val=spec.get("num_val", defaults.num_val),
+            seed=spec.get("seed", defaults.seed),
+            cache_dir=spec.get("cache_dir", defaults.cache_dir),
+        )
+        try:
+            check_size(config.height, config.width)
+        except ValueError as exc:
+            raise UserError(f"embedded dataset: {exc}") from None
+        return EmbeddedDataset(config, split)
+    root = spec.get("root")
+    if not root:
+        raise UserError(f"dataset {name} needs 'root': the directory holding its files")
+    height, width = spec.get("height"), spec.get("width")
+    if (height is None) != (width is None):
+        raise UserError(f"dataset {name}: give both height and width to resize, or neither")
+    size = (height, width) if height is not None else None
+    limit = spec.get("num_train" if split == "train" else "num_val")
+    return build_real_dataset(name, root, split, size=size, limit=limit)
+
+
+def dataset_identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """What determines the data a spec yields: the spec with defaults filled in, plus the embedded
+    generator's version. Put it in artifact cache keys so a generator change invalidates them."""
+    name = _check_spec(spec)
+    if name != "embedded":
+        return dict(spec)
+    defaults = EmbeddedConfig()
+    resolved = {
+        key: spec.get(key, getattr(defaults, key)) for key in ("height", "width", "num_train", "num_val", "seed")
+    }
+    return {"name": "embedded", "generator": GENERATOR_VERSION, **resolved}

@@ -1,0 +1,20 @@
+"""Shared dense baselines: small CPU-trainable segmentation CNNs, LR (x2 downsampled) and HR."""
+
+from __future__ import annotations
+
+from methods.baselines.baseline import KINDS, BaselineModel, baseline_config, model_input, trained_baseline
+from methods.baselines.models import ARCH_NAMES, ARCHS, SegCNN
+from methods.baselines.training import TrainConfig, train_segmentation_model
+
+__all__ = [
+    "ARCHS",
+    "ARCH_NAMES",
+    "KINDS",
+    "BaselineModel",
+    "SegCNN",
+    "TrainConfig",
+    "baseline_config",
+    "model_input",
+    "train_segmentation_model",
+    "trained_baseline",
+]

@@ -1,0 +1,1 @@
+"""SparseRefine (Liu et al., ECCV 2024): dense low-resolution predictions refined sparsely at high resolution."""

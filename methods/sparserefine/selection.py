@@ -1,0 +1,181 @@
+"""Selectors resolved on a dataset: thresholds calibrated on the train split, masks per image.
+
+Every selector except the oracle scores pixels and keeps those above a threshold. The entropy
+selector's threshold is the given α. The magnitude and learnable selectors take an explicit
+threshold, or one calibrated on the train split to a target density; the random selector keeps
+each pixel with that density. A target density of 0 means "match the entropy selector at α on the
+train split", the matched-density comparison of Table 5a.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from methods.artifacts import cached_artifact
+from methods.sparserefine.lr_outputs import SplitOutputs
+from methods.sparserefine.selectors import (
+    SELECTORS,
+    LearnableSelector,
+    entropy_map,
+    lr_errors,
+    threshold_for_density,
+)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    selector: str = "entropy"
+    alpha: float = 0.3
+    density: float = 0.0
+    threshold: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.selector not in SELECTORS:
+            raise ValueError(f"unknown selector {self.selector!r}; known: {SELECTORS}")
+
+
+def _normalized(images_uint8: torch.Tensor) -> torch.Tensor:
+    from methods.datasets import normalize
+
+    return normalize(images_uint8)
+
+
+@dataclass(frozen=True)
+class LearnableTraining:
+    steps: int = 150
+    batch: int = 2
+    crop: tuple[int, int] = (256, 512)
+    lr: float = 1e-3
+
+
+def train_learnable_selector(
+    train: SplitOutputs, settings: LearnableTraining, seed: int, progress: Progress
+) -> dict[str, Any]:
+    """Train the learnable selector on its own (paper §4.3): BCE against the LR errors of the train
+    split, on random crops. Positives are rare, so they are up-weighted to balance the classes."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = LearnableSelector(train.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.steps)
+    h, w = train.images.shape[-2:]
+    ch, cw = min(settings.crop[0], h), min(settings.crop[1], w)
+    losses = []
+    for step in range(settings.steps):
+        idx = torch.randint(len(train), (settings.batch,), generator=gen).tolist()
+        top = int(torch.randint(h - ch + 1, (1,), generator=gen))
+        left = int(torch.randint(w - cw + 1, (1,), generator=gen))
+        window = (..., slice(top, top + ch), slice(left, left + cw))
+        image = _normalized(train.images[idx][window])
+        logits = train.logits(idx)[window]
+        target = lr_errors(logits, train.labels[idx][window]).float()
+        valid = (train.labels[idx][window] != 255).float()
+        pos = target.sum().clamp(min=1.0)
+        pos_weight = ((valid.sum() - pos) / pos).clamp(max=50.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            scores = model.score_logits(image, logits)
+        loss = F.binary_cross_entropy_with_logits(scores.float(), target, weight=valid, pos_weight=pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 25 == 0:
+            progress(f"sparserefine: learnable selector step {step}/{settings.steps} loss {loss.item():.3f}")
+    return {"state_dict": model.state_dict(), "losses": losses}
+
+
+def learnable_selector(
+    train: SplitOutputs,
+    baseline_config: dict[str, Any],
+    settings: LearnableTraining,
+    seed: int,
+    artifacts_dir: Path,
+    progress: Progress,
+) -> LearnableSelector:
+    config = {"baseline": baseline_config, "settings": settings.__dict__, "seed": seed, "version": 1}
+    art = cached_artifact(
+        artifacts_dir,
+        "sparserefine-learnable-selector",
+        config,
+        lambda: train_learnable_selector(train, settings, seed, progress),
+        progress,
+    )
+    model = LearnableSelector(train.num_classes)
+    model.load_state_dict(art["state_dict"])
+    return model.eval()
+
+
+class ResolvedSelector:
+    """A selector with its threshold fixed; ``mask(split, index)`` gives [1, H, W]."""
+
+    def __init__(
+        self,
+        spec: SelectionSpec,
+        train: SplitOutputs,
+        learnable: LearnableSelector | None = None,
+        seed: int = 0,
+    ):
+        self.spec = spec
+        self.learnable = learnable
+        self.seed = seed
+        if spec.selector == "learnable" and learnable is None:
+            raise ValueError("the learnable selector needs its trained model")
+        self.target_density = self._target_density(train)
+        self.threshold = self._threshold(train)
+
+    def _target_density(self, train: SplitOutputs) -> float:
+        if self.spec.selector in ("entropy", "oracle"):
+            return float("nan")
+        if self.spec.density > 0:
+            return self.spec.density
+        selected = sum(int((entropy_map(train.logits(i)) > self.spec.alpha).sum()) for i in range(len(train)))
+        return selected / train.labels.numel()
+
+    def _threshold(self, train: SplitOutputs) -> float:
+        if self.spec.selector == "entropy":
+            return self.spec.alpha
+        if self.spec.selector in ("random", "oracle"):
+            return float("nan")
+        if self.spec.threshold >= 0:
+            return self.spec.threshold
+        scores = torch.cat([self.scores(train, i).reshape(-1) for i in range(len(train))])
+        return threshold_for_density(scores, self.target_density)
+
+    def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
+        """Selector scores [1, H, W] (higher = more likely selected)."""
+        kind = self.spec.selector
+        if kind == "entropy":
+            return entropy_map(split.logits(index))
+        if kind == "magnitude":
+            return split.magnitude(index)
+        if kind == "learnable":
+            assert self.learnable is not None
+            with torch.inference_mode():
+                return self.learnable(_normalized(split.images[index : index + 1]), split.logits(index))
+        raise ValueError(f"selector {kind!r} has no scores")
+
+    def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> torch.Tensor:
+        kind = self.spec.selector
+        if kind == "oracle":
+            return lr_errors(split.logits(index), split.labels[index : index + 1])
+        if kind == "random":
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 7919 + salt)
+            shape = (1, *split.labels.shape[-2:])
+            return torch.rand(shape, generator=gen) < self.target_density
+        return self.scores(split, index) > self.threshold
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "selector": self.spec.selector,
+            "threshold": self.threshold,
+            "target_density": self.target_density,
+        }

@@ -1,0 +1,306 @@
+"""Training (paper §4.1) and evaluation of the sparse refiner on frozen LR outputs.
+
+Training: the extractor, the head and the gated ensembler are trained jointly with cross-entropy on
+the final refined logits at the selected pixels (255 ignored); AdamW, cosine schedule; random crops
+and horizontal flips (the paper's random rescaling is left out: it would need the LR baseline to be
+re-run on every rescaled image). Parameter-free ensemblers (direct, entropy, oracle) are applied
+after the fact to a refiner trained with direct replacement, i.e. on its own refined logits: they
+all share that one training (see ``training_config``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from methods.artifacts import cached_artifact
+from methods.sparserefine.lr_outputs import SplitOutputs, upsample_nearest
+from methods.sparserefine.refiner import PixelBatch, RefinerConfig, SparseRefiner, gather_pixels
+from methods.sparserefine.selection import ResolvedSelector
+from methods.sparserefine.selectors import SelectionCounts, lr_errors
+
+Progress = Callable[[str], None]
+SCALE_KEY = "sparserefine"  # the suite's scale settings for this package live under this key
+ARTIFACT_VERSION = "2"
+
+
+@dataclass(frozen=True)
+class RefinerTraining:
+    """Training hyper-parameters (paper: AdamW 3e-4, wd 0.05, cosine, 500 epochs, batch 32 of
+    512x1024 crops); a suite's scale may scale epochs, batch and crop down for a CPU."""
+
+    epochs: int = 8
+    batch: int = 2
+    crop: tuple[int, int] = (256, 512)
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    bf16: bool = True
+    flip: bool = True
+    # Cross-entropy class weights ~ frequency ** -class_balance over the train labels (0 = the paper's
+    # plain CE; a suite whose LR baseline is trained class-balanced may match it).
+    class_balance: float = 0.0
+    # Backend the refiner is trained and evaluated on. Every backend computes the same convolution
+    # (the dense one is the reference the others are tested against), so this changes speed only; on
+    # a CPU at these densities the dense reference is the fastest to train. Latency is measured on
+    # the backend the trial asks for.
+    backend: str = "dense"
+
+    @classmethod
+    def from_scale(cls, scale: dict[str, Any]) -> RefinerTraining:
+        given = dict(scale.get(SCALE_KEY, {}) or {})
+        given = {k: v for k, v in given.items() if k in cls.__dataclass_fields__}
+        if "crop" in given:
+            given["crop"] = tuple(given["crop"])
+        return cls(**given)
+
+
+@dataclass
+class Features:
+    """The LR penultimate features of a split on their grid (for the "+features" inputs)."""
+
+    grid: torch.Tensor
+    factor: int
+
+    def at(self, index: int | list[int]) -> torch.Tensor:
+        grid = self.grid[index]
+        if grid.dim() == 3:
+            grid = grid.unsqueeze(0)
+        return upsample_nearest(grid.float(), self.factor)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, balance: float) -> torch.Tensor | None:
+    """Weights ~ frequency ** -balance, normalised to a pixel-weighted mean of 1 (None if balance 0)."""
+    if balance == 0:
+        return None
+    valid = labels[labels != 255]
+    freq = torch.bincount(valid.reshape(-1), minlength=num_classes).double() / max(valid.numel(), 1)
+    weights = freq.clamp(min=1e-6) ** -balance
+    return (weights / (weights * freq).sum()).float()
+
+
+def training_config(config: RefinerConfig) -> RefinerConfig:
+    """The configuration actually trained: parameter-free ensemblers train as direct replacement."""
+    return config if config.ensembler == "gated" else replace(config, ensembler="direct")
+
+
+def _normalize(images: torch.Tensor) -> torch.Tensor:
+    from methods.datasets import normalize
+
+    return normalize(images)
+
+
+def _crop_batch(
+    train: SplitOutputs,
+    masks: torch.Tensor,
+    features: Features | None,
+    indices: list[int],
+    settings: RefinerTraining,
+    gen: torch.Generator,
+):
+    h, w = train.images.shape[-2:]
+    f = train.factor
+    # Crops start on the LR grid, so the LR outputs are cropped on their grid before upsampling.
+    ch, cw = min(settings.crop[0], h) // f * f, min(settings.crop[1], w) // f * f
+    parts: dict[str, list[torch.Tensor]] = {"image": [], "logits": [], "labels": [], "mask": [], "feats": []}
+    for i in indices:
+        top = int(torch.randint((h - ch) // f + 1, (1,), generator=gen)) * f
+        left = int(torch.randint((w - cw) // f + 1, (1,), generator=gen)) * f
+        flip = settings.flip and bool(torch.rand((), generator=gen) < 0.5)
+
+        def take(x: torch.Tensor, scale: int = 1, flip: bool = flip, top: int = top, left: int = left):
+            x = x[..., top // scale : (top + ch) // scale, left // scale : (left + cw) // scale]
+            return x.flip(-1) if flip else x
+
+        parts["image"].append(_normalize(take(train.images[i : i + 1])))
+        parts["logits"].append(upsample_nearest(take(train.logits_grid[i : i + 1], f).float(), f))
+        parts["labels"].append(take(train.labels[i : i + 1]))
+        parts["mask"].append(take(masks[i : i + 1]))
+        if features is not None:
+            assert features.factor == f
+            parts["feats"].append(upsample_nearest(take(features.grid[i : i + 1], f).float(), f))
+    return {k: torch.cat(v) for k, v in parts.items() if v}
+
+
+def train_refiner(
+    config: RefinerConfig,
+    selector: ResolvedSelector,
+    train: SplitOutputs,
+    features: Features | None,
+    settings: RefinerTraining,
+    seed: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Train a refiner; returns its state dict, per-step losses and timing."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = SparseRefiner(replace(config, backend=settings.backend)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / settings.batch)
+    total = settings.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+    masks = torch.cat([selector.mask(train, i) for i in range(len(train))])
+    weights = class_weights(train.labels, config.num_classes, settings.class_balance)
+    losses: list[float] = []
+    sites: list[int] = []
+    t0 = time.perf_counter()
+    for epoch in range(settings.epochs):
+        order = torch.randperm(len(train), generator=gen).tolist()
+        for step in range(steps_per_epoch):
+            indices = order[step * settings.batch : (step + 1) * settings.batch]
+            crop = _crop_batch(train, masks, features, indices, settings, gen)
+            pixels = gather_pixels(
+                crop["mask"], crop["image"], crop["logits"], config, crop.get("feats"), crop["labels"]
+            )
+            assert pixels.labels is not None
+            if pixels.coords.shape[0] == 0 or bool((pixels.labels == 255).all()):
+                sched.step()
+                continue
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+                y, _ = model(pixels)
+            loss = F.cross_entropy(y.float(), pixels.labels, weight=weights, ignore_index=255)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            sites.append(int(pixels.coords.shape[0]))
+        recent = losses[-steps_per_epoch:] or [float("nan")]
+        progress(f"sparserefine: refiner epoch {epoch + 1}/{settings.epochs} loss {sum(recent) / len(recent):.3f}")
+    seconds = time.perf_counter() - t0
+    return {
+        "state_dict": model.state_dict(),
+        "losses": losses,
+        "seconds": seconds,
+        "steps": len(losses),
+        "mean_sites": sum(sites) / max(len(sites), 1),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def trained_refiner(
+    config: RefinerConfig,
+    selector: ResolvedSelector,
+    train: SplitOutputs,
+    features: Features | None,
+    settings: RefinerTraining,
+    baseline_config: dict[str, Any],
+    seed: int,
+    artifacts_dir: Path,
+    progress: Progress,
+) -> tuple[SparseRefiner, dict[str, Any]]:
+    """The refiner for ``config`` trained on ``selector``'s pixels (cached by the full config).
+
+    Returns the model with ``config``'s ensembler (which may differ from the trained one when it is
+    parameter-free) and the training record (losses, seconds, cache key config).
+    """
+    trained = training_config(config)
+    key = {
+        "version": ARTIFACT_VERSION,
+        # The backend is left out: backends compute the same convolution, so a refiner trained on one
+        # serves them all (Table 7 times one set of weights on each).
+        "refiner": {k: v for k, v in trained.as_dict().items() if k != "backend"},
+        "selection": {**asdict(selector.spec), **selector.describe()},
+        "training": {k: v for k, v in asdict(settings).items() if k != "backend"},
+        "baseline": baseline_config,
+        "seed": seed,
+    }
+    art = cached_artifact(
+        artifacts_dir,
+        "sparserefine-refiner",
+        key,
+        lambda: train_refiner(trained, selector, train, features, settings, seed, progress),
+        progress,
+    )
+    model = SparseRefiner(trained)
+    model.load_state_dict(art["state_dict"])
+    if trained.ensembler != config.ensembler:
+        model = _swap_ensembler(model, config)
+    record = {k: v for k, v in art.items() if k != "state_dict"}
+    record["shared_training"] = trained.ensembler != config.ensembler
+    return model.eval(), record
+
+
+def _swap_ensembler(model: SparseRefiner, config: RefinerConfig) -> SparseRefiner:
+    from methods.sparserefine.ensemblers import build_ensembler
+
+    model.config = config
+    model.ensembler = build_ensembler(config.ensembler, config.num_classes)
+    return model
+
+
+@dataclass
+class EvalResult:
+    refined: Any  # ConfusionMatrix
+    lr: Any  # ConfusionMatrix
+    selection: SelectionCounts
+    sites: int
+    images: int
+
+
+def refine_image(
+    model: SparseRefiner,
+    image_norm: torch.Tensor,
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    features: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, PixelBatch]:
+    """Final logits [B, C, H, W]: the LR logits with the selected pixels replaced by the ensembled
+    refinement."""
+    pixels = gather_pixels(mask, image_norm, logits, model.config, features, labels)
+    out = logits.clone()
+    if pixels.coords.shape[0] > 0:
+        y, _ = model(pixels, use_labels=labels is not None)
+        b, yy, xx = pixels.coords.long().unbind(1)
+        out.permute(0, 2, 3, 1)[b, yy, xx] = y.to(out.dtype)
+    return out, pixels
+
+
+@torch.inference_mode()
+def evaluate(
+    model: SparseRefiner,
+    selector: ResolvedSelector,
+    val: SplitOutputs,
+    features: Features | None,
+    progress: Progress,
+    backend: str | None = None,
+) -> EvalResult:
+    """Refined and LR confusion matrices on ``val`` and the selection statistics; the extractor runs
+    on ``backend`` (default: its own) for the evaluation only."""
+    from methods.metrics import ConfusionMatrix
+    from methods.sparse import set_backend
+
+    if backend is not None and model.config.arch != "pointnet":
+        set_backend(model.extractor, backend)
+
+    model.eval()
+    refined = ConfusionMatrix(val.num_classes)
+    lr = ConfusionMatrix(val.num_classes)
+    counts = SelectionCounts()
+    sites = 0
+    use_labels = model.config.ensembler == "oracle"
+    for i in range(len(val)):
+        logits = val.logits(i)
+        labels = val.labels[i : i + 1]
+        mask = selector.mask(val, i)
+        counts.update(mask, lr_errors(logits, labels))
+        out, pixels = refine_image(
+            model,
+            _normalize(val.images[i : i + 1]),
+            logits,
+            mask,
+            None if features is None else features.at(i),
+            labels if use_labels else None,
+        )
+        sites += int(pixels.coords.shape[0])
+        refined.update(out.argmax(1), labels)
+        lr.update(logits.argmax(1), labels)
+        progress(f"sparserefine: evaluating {i + 1}/{len(val)}")
+    return EvalResult(refined, lr, counts, sites, len(val))

@@ -1,0 +1,483 @@
+"""SparseRefine trials: selectors (Table 5a/5b, supp. Table 1, Figure 3), the trained pipeline
+(Table 5), the cost breakdown (Tables 6 and 7) and end-to-end latency (supp. Table 3)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from harness import timing
+from harness.context import TrialContext
+from harness.registry import Metric, Param, trial
+
+SELECTOR_CHOICES = ("entropy", "magnitude", "random", "learnable", "oracle")
+ENSEMBLER_CHOICES = ("direct", "entropy", "gated", "oracle")
+ARCH_CHOICES = ("minkunet4", "minkunet5", "minkunet6", "minkunet8", "pointnet")
+INPUT_CHOICES = ("rgb", "rgb+logits", "rgb+features", "rgb+logits+features")
+BACKEND_CHOICES = ("dense", "spconv", "torchsparse", "native")
+PAPER_DENSITY = 0.118  # HRNet-W48 on Cityscapes at alpha 0.3 (supp. Table 1)
+PAPER_GRID = (1024, 2048)
+
+SELECTION_PARAMS = [
+    Param("selector", str, "entropy", doc="pixel selector", choices=SELECTOR_CHOICES),
+    Param(
+        "alpha",
+        float,
+        0.3,
+        doc="entropy threshold α (entropy selector); also defines the matched density of the others; "
+        "a negative α selects every pixel",
+    ),
+    Param(
+        "density",
+        float,
+        0.0,
+        doc="target density (fraction) for random/magnitude/learnable; 0 = match the entropy selector "
+        "at alpha on the train split",
+        low=0.0,
+        high=1.0,
+    ),
+    Param(
+        "threshold",
+        float,
+        -1.0,
+        doc="explicit threshold for magnitude (feature L2) / learnable (probability); < 0 = calibrate "
+        "to the density on the train split",
+    ),
+]
+REFINER_PARAMS = [
+    Param("inputs", str, "rgb", doc="per-pixel extractor inputs (Table 5c)", choices=INPUT_CHOICES),
+    Param("arch", str, "minkunet6", doc="sparse feature extractor (Table 5d)", choices=ARCH_CHOICES),
+    Param("width_mult", float, 1.0, doc="channel multiplier of the extractor (1 = the paper's)", low=0.01),
+    Param("reps", int, 2, doc="residual blocks per UNet level before and after the skip", low=1),
+    Param("ensembler", str, "gated", doc="ensembler (Table 5e)", choices=ENSEMBLER_CHOICES),
+    Param("backend", str, "native", doc="sparse conv backend (methods.sparse)", choices=BACKEND_CHOICES),
+]
+
+
+def _experiment(ctx: TrialContext):
+    from methods.sparserefine.experiment import Experiment
+
+    return Experiment(ctx)
+
+
+# --- selectors --------------------------------------------------------------------------------
+
+
+def _selector_latency_fn(ctx: TrialContext, exp, selector) -> Any:
+    """A callable running the selector on ``ctx.batch_size`` val images, from the LR outputs as the
+    LR model produces them (on its grid) to the full-resolution mask, in ``ctx.precision``."""
+    from methods.sparserefine.costs import lr_grid_entropy_mask
+    from methods.sparserefine.lr_outputs import upsample_nearest
+
+    val = exp.val
+    idx = [i % len(val) for i in range(ctx.batch_size)]
+    dtype = timing.precision_dtype(ctx.precision)
+    device = timing.check_device(ctx.device)
+    timing.probe_precision(ctx.precision, ctx.device)
+    factor = val.factor
+    kind = selector.spec.selector
+    logits_lr = val.logits_grid[idx].to(device, dtype)
+    if kind == "entropy":
+        alpha = selector.threshold
+        return lambda: lr_grid_entropy_mask(logits_lr, alpha, factor)
+    if kind == "magnitude":
+        feats = exp.features("val").grid[idx].to(device, dtype)
+        t = selector.threshold
+
+        def magnitude() -> torch.Tensor:
+            mask = torch.linalg.vector_norm(feats.float(), dim=1) > t
+            return upsample_nearest(mask, factor)
+
+        return magnitude
+    if kind == "random":
+        shape = (len(idx), *val.labels.shape[-2:])
+        d = selector.target_density
+        gen = torch.Generator(device=device).manual_seed(ctx.seed)
+        return lambda: torch.rand(shape, generator=gen, device=device) < d
+    if kind == "learnable":
+        from methods.datasets import normalize
+
+        model = timing.prepare_for_latency(
+            exp.learnable(), precision=ctx.precision, device=ctx.device, channels_last=True
+        )
+        image = timing.prepare_input(normalize(val.images[idx]), precision=ctx.precision, device=ctx.device)
+        logits = timing.prepare_input(upsample_nearest(logits_lr, factor), precision=ctx.precision, device=ctx.device)
+        t = selector.threshold
+        return lambda: model(image, logits) > t
+    labels = val.labels[idx].to(device)
+    return lambda: upsample_nearest(logits_lr, factor).argmax(1) != labels
+
+
+def _selection_stats(exp, selector, split: str):
+    from methods.sparserefine.selectors import SelectionCounts, lr_errors
+
+    data = exp.split(split)
+    counts = SelectionCounts()
+    for i in range(len(data)):
+        counts.update(selector.mask(data, i), lr_errors(data.logits(i), data.labels[i : i + 1]))
+    return counts
+
+
+@trial(
+    "sparserefine.selector",
+    doc="Pixel selector on the frozen LR outputs: density, recall and precision against the pixels the "
+    "LR prediction gets wrong, and the selector's own latency.",
+    params=[
+        *SELECTION_PARAMS,
+        Param("split", str, "val", doc="split the statistics are measured on", choices=("train", "val")),
+        Param("measure_latency", bool, True, doc="time the selector (skip for pure statistics)"),
+    ],
+    metrics=[
+        Metric("density", "%", "none", doc="selected pixels / all pixels"),
+        Metric("recall", "%", "higher", doc="LR errors selected / LR errors"),
+        Metric("precision", "%", "higher", doc="LR errors selected / selected"),
+        Metric("threshold", "", "none", doc="threshold in force (α for entropy)"),
+        Metric("latency", "ms", "lower"),
+    ],
+    axes=("precision", "batch_size", "device"),
+    version="2",
+)
+def selector_trial(ctx: TrialContext) -> None:
+    from methods.sparserefine.experiment import selection_spec
+
+    exp = _experiment(ctx)
+    selector = exp.selector(selection_spec(ctx.params))
+    counts = _selection_stats(exp, selector, ctx.params["split"])
+    for name, value in counts.as_dict().items():
+        ctx.record(name, value)
+    if not math.isnan(selector.threshold):
+        ctx.record("threshold", selector.threshold)
+    ctx.note("selector", selector.describe())
+    ctx.note("counts", {"selected": counts.selected, "errors": counts.errors, "pixels": counts.pixels})
+    if ctx.params["measure_latency"]:
+        ctx.measure("latency", _selector_latency_fn(ctx, exp, selector))
+
+
+CURVE_ENTROPY_POINTS = 24
+CURVE_DENSITIES = (0.01, 0.02, 0.034, 0.05, 0.069, 0.09, 0.118, 0.15, 0.19, 0.25, 0.35, 0.5, 0.7, 1.0)
+
+
+def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
+    pts = sorted(zip(xs, ys, strict=True))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return float("nan")
+
+
+@trial(
+    "sparserefine.selector_curve",
+    doc="Recall and precision against density for one selector (Figure 3b/c, supp. Figure 1): a "
+    "sweep of α (entropy) or of target densities (the others), measured on the val split.",
+    params=[
+        Param(
+            "selector",
+            str,
+            "entropy",
+            doc="pixel selector",
+            choices=("entropy", "magnitude", "random", "learnable"),
+        ),
+        Param("points", int, CURVE_ENTROPY_POINTS, doc="α values of the entropy sweep (log-spaced)", low=2),
+    ],
+    metrics=[
+        Metric("recall_at_paper_density", "%", "higher", doc="recall at 11.8% density (interpolated)"),
+        Metric("precision_at_paper_density", "%", "higher"),
+        Metric("recall_at_5pct", "%", "higher", doc="recall at 5% density (interpolated)"),
+    ],
+    version="2",
+)
+def selector_curve_trial(ctx: TrialContext) -> None:
+    from methods.sparserefine.experiment import selection_spec
+    from methods.sparserefine.selectors import SelectionCounts, entropy_map, lr_errors
+
+    exp = _experiment(ctx)
+    kind = ctx.params["selector"]
+    val = exp.val
+    points: list[dict[str, float]] = []
+    if kind == "entropy":
+        top = math.log(val.num_classes)
+        alphas = torch.logspace(-4, math.log10(top), ctx.params["points"]).tolist()
+        counts = {a: SelectionCounts() for a in alphas}
+        for i in range(len(val)):
+            logits = val.logits(i)
+            errors = lr_errors(logits, val.labels[i : i + 1])
+            entropy = entropy_map(logits)
+            for a in alphas:
+                counts[a].update(entropy > a, errors)
+        points = [{"threshold": a, **c.as_dict()} for a, c in counts.items()]
+    else:
+        for d in CURVE_DENSITIES:
+            spec = selection_spec({"selector": kind, "alpha": 0.3, "density": d, "threshold": -1.0})
+            selector = exp.selector(spec)
+            c = _selection_stats(exp, selector, "val")
+            points.append({"threshold": selector.threshold, "target_density": d, **c.as_dict()})
+            ctx.progress(f"sparserefine: {kind} curve density {d}")
+    densities = [p["density"] for p in points]
+    ctx.record("recall_at_paper_density", _interpolate(densities, [p["recall"] for p in points], 11.8))
+    ctx.record("precision_at_paper_density", _interpolate(densities, [p["precision"] for p in points], 11.8))
+    ctx.record("recall_at_5pct", _interpolate(densities, [p["recall"] for p in points], 5.0))
+    ctx.note("curve", points)
+
+
+# --- the trained pipeline -----------------------------------------------------------------------
+
+
+@trial(
+    "sparserefine.pipeline",
+    doc="SparseRefine on the frozen LR baseline: train the refiner (cached, keyed by its full "
+    "configuration) on the selected pixels of the train split, evaluate on val against the LR and HR "
+    "dense baselines.",
+    params=[
+        *SELECTION_PARAMS,
+        *REFINER_PARAMS,
+        Param("measure_latency", bool, False, doc="time selection + extractor + ensembler on val images"),
+    ],
+    metrics=[
+        Metric("miou", "%", "higher", doc="refined, mmseg nan-mean"),
+        Metric("miou_absent_as_zero", "%", "higher", doc="refined, official mean (absent classes = 0)"),
+        Metric("miou_lr", "%", "none", doc="LR dense baseline on the same val images"),
+        Metric("miou_hr", "%", "none", doc="HR dense baseline on the same val images"),
+        Metric("gap_closed", "%", "higher", doc="(refined − LR) / (HR − LR)"),
+        Metric("pixel_accuracy", "%", "higher", doc="refined"),
+        Metric("pixel_accuracy_lr", "%", "none"),
+        Metric("density", "%", "none"),
+        Metric("recall", "%", "higher"),
+        Metric("precision", "%", "higher"),
+        Metric("train_seconds", "s", "none", doc="refiner training time when it was built"),
+        Metric("latency", "ms", "lower", doc="selector + extractor + ensembler (measure_latency)"),
+    ],
+    axes=("precision", "batch_size", "device"),
+    version="2",
+)
+def pipeline_trial(ctx: TrialContext) -> None:
+    from methods.metrics import ConfusionMatrix
+    from methods.sparserefine.experiment import selection_spec
+    from methods.sparserefine.training import evaluate
+
+    exp = _experiment(ctx)
+    selector = exp.selector(selection_spec(ctx.params))
+    config = exp.refiner_config(ctx.params)
+    model, record = exp.refiner(config, selector)
+    features = exp.features("val") if config.uses_features else None
+    result = evaluate(model, selector, exp.val, features, ctx.progress, backend=exp.training.backend)
+    if config.arch != "pointnet":
+        from methods.sparse import set_backend
+
+        set_backend(model.extractor, config.backend)
+    hr = exp.hr_reference()
+    hr_cm = ConfusionMatrix(hr["num_classes"])
+    hr_cm.counts = hr["counts"].clone()
+    miou, lr, hr_miou = result.refined.miou(), result.lr.miou(), hr_cm.miou()
+    ctx.record("miou", miou)
+    ctx.record("miou_absent_as_zero", result.refined.miou_absent_as_zero())
+    ctx.record("miou_lr", lr)
+    ctx.record("miou_hr", hr_miou)
+    ctx.record("gap_closed", 100.0 * (miou - lr) / (hr_miou - lr) if hr_miou != lr else float("nan"))
+    ctx.record("pixel_accuracy", result.refined.pixel_accuracy())
+    ctx.record("pixel_accuracy_lr", result.lr.pixel_accuracy())
+    for name, value in result.selection.as_dict().items():
+        ctx.record(name, value)
+    ctx.record("train_seconds", record["seconds"])
+    ctx.note("selector", selector.describe())
+    ctx.note(
+        "training",
+        {
+            "trained_ensembler": "gated" if config.ensembler == "gated" else "direct",
+            "shared_refiner": record["shared_training"],
+            "steps": record["steps"],
+            "mean_sites_per_step": record["mean_sites"],
+            "final_loss": sum(record["losses"][-10:]) / max(len(record["losses"][-10:]), 1),
+            **exp.training.__dict__,
+        },
+    )
+    ctx.note("miou_absent_as_zero_lr", result.lr.miou_absent_as_zero())
+    ctx.note("miou_absent_as_zero_hr", hr_cm.miou_absent_as_zero())
+    ctx.note("per_class_iou", {"refined": result.refined.per_class_iou(), "lr": result.lr.per_class_iou()})
+    ctx.note("val_sites", result.sites)
+    if ctx.params["measure_latency"]:
+        _measure_refinement(ctx, exp, model, selector)
+
+
+def _measure_refinement(ctx: TrialContext, exp, model, selector) -> None:
+    """Latency of selection + extractor + ensembler on ``ctx.batch_size`` val images (the LR logits
+    given), in the trial's precision on its device."""
+    from methods.datasets import normalize
+    from methods.sparserefine.refiner import gather_pixels
+
+    val = exp.val
+    idx = [i % len(val) for i in range(ctx.batch_size)]
+    model = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device, channels_last=False)
+    images = timing.prepare_input(normalize(val.images[idx]), precision=ctx.precision, device=ctx.device)
+    logits = timing.prepare_input(val.logits(idx), precision=ctx.precision, device=ctx.device)
+    masks = torch.cat([selector.mask(val, i) for i in idx]).to(images.device)
+
+    def run() -> torch.Tensor:
+        pixels = gather_pixels(masks, images, logits, model.config)
+        return model(pixels)[0]
+
+    ctx.measure("latency", run)
+
+
+# --- costs ------------------------------------------------------------------------------------
+
+
+def _main_refiner(ctx: TrialContext, exp):
+    from methods.sparserefine.selection import SelectionSpec
+
+    selector = exp.selector(SelectionSpec("entropy", ctx.params["alpha"]))
+    params = {**ctx.params, "inputs": "rgb", "ensembler": "gated"}
+    model, _ = exp.refiner(exp.refiner_config(params), selector)
+    return model
+
+
+def _dense_macs(module: torch.nn.Module, height: int, width: int) -> float:
+    """MACs of a dense network by fvcore (nan if fvcore is missing)."""
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        return float("nan")
+    analysis = FlopCountAnalysis(module.eval(), torch.zeros(1, 3, height, width))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    with torch.no_grad():
+        return float(analysis.total())
+
+
+def _pipeline_inputs(ctx: TrialContext, exp):
+    from methods.datasets import normalize
+
+    val = exp.val
+    idx = [i % len(val) for i in range(ctx.batch_size)]
+    return timing.prepare_input(normalize(val.images[idx]), precision=ctx.precision, device=ctx.device)
+
+
+def _paper_grid_pixels(exp, model, batch_size: int, precision: str, device: str):
+    """Selected pixels on the paper's 1024×2048 grid at the paper's 11.8% density: the val images'
+    LR entropy maps, bilinearly resized to that grid, thresholded at their 88.2% quantile (so the
+    selection has the spatial structure of real entropy maps); inputs are the resized images."""
+    import torch.nn.functional as F
+
+    from methods.datasets import normalize
+    from methods.sparserefine.refiner import gather_pixels
+    from methods.sparserefine.selectors import entropy_map, threshold_for_density
+
+    val = exp.val
+    idx = [i % len(val) for i in range(batch_size)]
+    entropy = F.interpolate(entropy_map(val.logits(idx)).unsqueeze(1), size=PAPER_GRID, mode="bilinear")[:, 0]
+    mask = entropy > threshold_for_density(entropy, PAPER_DENSITY)
+    images = F.interpolate(normalize(val.images[idx]), size=PAPER_GRID, mode="bilinear")
+    logits = F.interpolate(val.logits(idx), size=PAPER_GRID, mode="nearest")
+    images = timing.prepare_input(images, precision=precision, device=device, channels_last=False)
+    logits = timing.prepare_input(logits, precision=precision, device=device, channels_last=False)
+    return gather_pixels(mask.to(images.device), images, logits, model.config)
+
+
+@trial(
+    "sparserefine.breakdown",
+    doc="Table 6/7: #MACs (sparse convs counted from the actual kernel-map pairs) and latency of the "
+    "entropy selector, sparse extractor and gated ensembler, the LR dense pass, the end-to-end "
+    "SparseRefine total and the HR dense baseline (same precision/device); speedup = HR / total. "
+    "Also the extractor at the paper's 11.8% density on a 1024x2048 grid.",
+    params=[
+        Param("alpha", float, 0.3, doc="entropy threshold α"),
+        *[p for p in REFINER_PARAMS if p.name in ("arch", "width_mult", "reps", "backend")],
+        Param("paper_grid", bool, True, doc="also time the extractor on the paper's 1024x2048 grid"),
+    ],
+    metrics=[
+        Metric("selector_latency", "ms", "lower"),
+        Metric("extractor_latency", "ms", "lower", doc="extractor + linear head, kernel maps included"),
+        Metric("ensembler_latency", "ms", "lower"),
+        Metric("lr_latency", "ms", "lower", doc="LR dense pass (x2 downsampled) incl. downsampling"),
+        Metric("total_latency", "ms", "lower", doc="LR pass + selector + extractor + ensembler + write-back"),
+        Metric("hr_latency", "ms", "lower", doc="HR dense baseline at full resolution"),
+        Metric("speedup", "x", "higher", doc="hr_latency / total_latency"),
+        Metric("extractor_gmacs", "G", "lower"),
+        Metric("head_gmacs", "G", "lower"),
+        Metric("ensembler_gmacs", "G", "lower"),
+        Metric("lr_gmacs", "G", "lower"),
+        Metric("hr_gmacs", "G", "lower"),
+        Metric("density", "%", "none"),
+        Metric("extractor_latency_paper_grid", "ms", "lower", doc="at 11.8% of 1024x2048"),
+        Metric("extractor_gmacs_paper_grid", "G", "lower"),
+    ],
+    axes=("precision", "batch_size", "device"),
+    version="2",
+)
+def breakdown_trial(ctx: TrialContext) -> None:
+    from methods.sparserefine.costs import SparseRefinePipeline, count_macs
+
+    exp = _experiment(ctx)
+    model = _main_refiner(ctx, exp)
+    alpha = ctx.params["alpha"]
+    # MACs first, in fp32 on the CPU, before the modules are folded and cast for timing.
+    images_fp32 = _pipeline_inputs(ctx, exp).float().cpu()
+    h, w = images_fp32.shape[-2:]
+    with torch.inference_mode():
+        probe = SparseRefinePipeline(exp.lr_model.module, model, alpha)
+        macs = count_macs(model, probe.select(images_fp32, probe.dense(images_fp32)))
+        grid_macs = None
+        if ctx.params["paper_grid"]:
+            grid_macs = count_macs(model, _paper_grid_pixels(exp, model, ctx.batch_size, "fp32", "cpu"))
+    ctx.record("extractor_gmacs", macs.extractor / 1e9)
+    ctx.record("head_gmacs", macs.head / 1e9)
+    ctx.record("ensembler_gmacs", macs.ensembler / 1e9)
+    ctx.record("lr_gmacs", ctx.batch_size * _dense_macs(exp.lr_model.module, h // 2, w // 2) / 1e9)
+    ctx.record("hr_gmacs", ctx.batch_size * _dense_macs(exp.hr_model.module, h, w) / 1e9)
+    ctx.note("sparse_convs", [list(c) for c in macs.convs])
+
+    lr_module = timing.prepare_for_latency(exp.lr_model.module, precision=ctx.precision, device=ctx.device)
+    refiner = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device, channels_last=False)
+    pipeline = SparseRefinePipeline(lr_module, refiner, alpha, factor=2)
+    images = _pipeline_inputs(ctx, exp)
+    with torch.inference_mode():
+        logits_lr = pipeline.dense(images)
+        pixels = pipeline.select(images, logits_lr)
+        y2 = refiner.refine(pixels)
+    ctx.record("density", 100.0 * pixels.coords.shape[0] / (ctx.batch_size * h * w))
+    ctx.measure("lr_latency", lambda: pipeline.dense(images))
+    ctx.measure("selector_latency", lambda: pipeline.select(images, logits_lr))
+    ctx.measure("extractor_latency", lambda: refiner.refine(pixels))
+    ctx.measure("ensembler_latency", lambda: refiner.ensembler(pixels.y1, y2))
+    ctx.measure("total_latency", lambda: pipeline(images))
+    hr_module = timing.prepare_for_latency(exp.hr_model.module, precision=ctx.precision, device=ctx.device)
+    ctx.measure("hr_latency", lambda: hr_module(images))
+    ctx.record("speedup", ctx.metrics["hr_latency"].value / ctx.metrics["total_latency"].value)
+    parts = ("lr_latency", "selector_latency", "extractor_latency", "ensembler_latency")
+    ctx.note("component_sum_ms", sum(ctx.metrics[k].value for k in parts))
+    if grid_macs is not None:
+        grid_pixels = _paper_grid_pixels(exp, refiner, ctx.batch_size, ctx.precision, ctx.device)
+        ctx.measure("extractor_latency_paper_grid", lambda: refiner.refine(grid_pixels))
+        ctx.record("extractor_gmacs_paper_grid", grid_macs.extractor / 1e9)
+        ctx.note("paper_grid_sites", int(grid_pixels.coords.shape[0]))
+
+
+@trial(
+    "sparserefine.latency",
+    doc="End-to-end latency of LR dense pass + SparseRefine (entropy selector, sparse extractor, gated "
+    "ensembler) on full-resolution val images (supplementary Table 3's '+ SparseRefine' rows).",
+    params=[
+        Param("alpha", float, 0.3, doc="entropy threshold α"),
+        *[p for p in REFINER_PARAMS if p.name in ("arch", "width_mult", "reps", "backend")],
+    ],
+    metrics=[Metric("latency", "ms", "lower"), Metric("density", "%", "none")],
+    axes=("precision", "batch_size", "device"),
+    version="2",
+)
+def latency_trial(ctx: TrialContext) -> None:
+    from methods.sparserefine.costs import SparseRefinePipeline
+
+    timing.check_device(ctx.device)
+    timing.probe_precision(ctx.precision, ctx.device)
+    exp = _experiment(ctx)
+    model = _main_refiner(ctx, exp)
+    lr_module = timing.prepare_for_latency(exp.lr_model.module, precision=ctx.precision, device=ctx.device)
+    refiner = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device, channels_last=False)
+    pipeline = SparseRefinePipeline(lr_module, refiner, ctx.params["alpha"], factor=2)
+    images = _pipeline_inputs(ctx, exp)
+    with torch.inference_mode():
+        pixels = pipeline.select(images, pipeline.dense(images))
+    h, w = images.shape[-2:]
+    ctx.record("density", 100.0 * pixels.coords.shape[0] / (ctx.batch_size * h * w))
+    ctx.measure("latency", lambda: pipeline(images))

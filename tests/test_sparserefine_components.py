@@ -1,0 +1,240 @@
+"""SparseRefine selectors and ensemblers on hand-made inputs with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from methods.sparserefine.ensemblers import (
+    DirectEnsembler,
+    EntropyEnsembler,
+    GatedEnsembler,
+    OracleEnsembler,
+    build_ensembler,
+)
+from methods.sparserefine.selectors import (
+    LearnableSelector,
+    SelectionCounts,
+    entropy_map,
+    entropy_select,
+    feature_magnitude,
+    lr_errors,
+    magnitude_select,
+    oracle_select,
+    random_select,
+    threshold_for_density,
+)
+
+
+def test_entropy_of_uniform_logits_is_log_c():
+    logits = torch.zeros(2, 7, 3, 4)
+    assert torch.allclose(entropy_map(logits), torch.full((2, 3, 4), math.log(7)), atol=1e-6)
+
+
+def test_entropy_of_one_hot_logits_is_zero():
+    logits = torch.full((1, 5, 2, 2), -1e4)
+    logits[:, 2] = 1e4
+    assert torch.allclose(entropy_map(logits), torch.zeros(1, 2, 2), atol=1e-6)
+
+
+def test_entropy_matches_the_formula_with_clamp():
+    logits = torch.tensor([[2.0, 0.5, -1.0]])
+    p = torch.softmax(logits, dim=-1)
+    expected = -(p * torch.log(p.clamp(min=1e-5))).sum(-1)
+    assert torch.allclose(entropy_map(logits, dim=-1), expected)
+
+
+def test_entropy_selector_thresholds_strictly():
+    logits = torch.zeros(1, 4, 1, 2)
+    logits[0, 0, 0, 1] = 50.0  # confident pixel
+    mask = entropy_select(logits, alpha=0.3)
+    assert mask.tolist() == [[[True, False]]]
+    assert not entropy_select(logits, alpha=math.log(4)).any()
+
+
+def test_magnitude_selector_uses_the_l2_norm():
+    feats = torch.zeros(1, 2, 1, 3)
+    feats[0, :, 0, 0] = torch.tensor([3.0, 4.0])  # norm 5
+    feats[0, :, 0, 1] = torch.tensor([1.0, 0.0])  # norm 1
+    assert torch.allclose(feature_magnitude(feats), torch.tensor([[[5.0, 1.0, 0.0]]]))
+    assert magnitude_select(feats, 2.0).tolist() == [[[True, False, False]]]
+
+
+def test_random_selector_density_and_determinism():
+    gen = torch.Generator().manual_seed(0)
+    mask = random_select((4, 100, 100), 0.2, gen)
+    assert abs(mask.float().mean().item() - 0.2) < 0.01
+    again = random_select((4, 100, 100), 0.2, torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)
+
+
+def test_oracle_selects_exactly_the_lr_errors_and_never_ignored_pixels():
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, 0] = 1.0  # predicts class 0 everywhere
+    labels = torch.tensor([[[0, 1, 255, 2]]])
+    assert oracle_select(logits, labels).tolist() == [[[False, True, False, True]]]
+    assert torch.equal(oracle_select(logits, labels), lr_errors(logits, labels))
+
+
+def test_selection_counts():
+    mask = torch.tensor([True, True, False, False])
+    errors = torch.tensor([True, False, True, False])
+    counts = SelectionCounts()
+    counts.update(mask, errors)
+    assert counts.as_dict() == {"density": 50.0, "recall": 50.0, "precision": 50.0}
+
+
+def test_threshold_for_density():
+    scores = torch.arange(1000, dtype=torch.float32)
+    t = threshold_for_density(scores, 0.1)
+    assert abs((scores > t).float().mean().item() - 0.1) < 0.002
+    assert (scores > threshold_for_density(scores, 1.0)).all()
+
+
+def test_learnable_selector_shapes():
+    model = LearnableSelector(num_classes=5)
+    probs = model(torch.randn(2, 3, 8, 9), torch.randn(2, 5, 8, 9))
+    assert probs.shape == (2, 8, 9)
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert model.select(torch.randn(1, 3, 4, 4), torch.randn(1, 5, 4, 4), 1.0).sum() == 0
+
+
+def test_direct_ensembler_returns_the_refinement():
+    y1, y2 = torch.randn(5, 3), torch.randn(5, 3)
+    assert torch.equal(DirectEnsembler()(y1, y2), y2)
+
+
+def test_entropy_ensembler_keeps_the_lower_entropy_logits():
+    confident = torch.tensor([10.0, 0.0, 0.0])
+    flat = torch.tensor([0.1, 0.0, 0.0])
+    y1 = torch.stack([confident, flat])
+    y2 = torch.stack([flat, confident * 2])
+    out = EntropyEnsembler()(y1, y2)
+    assert torch.equal(out[0], confident)
+    assert torch.equal(out[1], confident * 2)
+
+
+def test_oracle_ensembler_keeps_the_one_right_by_ground_truth():
+    y1 = torch.tensor([[5.0, 0.0], [5.0, 0.0]])
+    y2 = torch.tensor([[0.0, 5.0], [0.0, 5.0]])
+    labels = torch.tensor([0, 1])
+    out = OracleEnsembler()(y1, y2, labels)
+    assert out.argmax(-1).tolist() == [0, 1]
+    # correctness beats label probability: y1 gives the label 0.45 but is wrong, y2 0.40 and right
+    y1 = torch.log(torch.tensor([[0.45, 0.55, 1e-6]]))
+    y2 = torch.log(torch.tensor([[0.40, 0.30, 0.30]]))
+    assert torch.equal(OracleEnsembler()(y1, y2, torch.tensor([0])), y2)
+    with pytest.raises(ValueError):
+        OracleEnsembler()(y1, y2)
+
+
+def _identity_fuser(gated: GatedEnsembler, num_classes: int) -> None:
+    """Make the fuser compute the identity on inputs that stay positive after the first layer."""
+    with torch.no_grad():
+        first, last = gated.fuser[0], gated.fuser[2]
+        first.weight.zero_()
+        first.bias.zero_()
+        last.weight.zero_()
+        last.bias.zero_()
+        # hidden = relu(x) (for positive x) in the first C units, then copy back
+        first.weight[:num_classes, :num_classes] = torch.eye(num_classes)
+        last.weight[:, :num_classes] = torch.eye(num_classes)
+
+
+@pytest.mark.parametrize("prefer", [0, 1])
+def test_gated_ensembler_with_forced_weights(prefer):
+    c = 4
+    gated = GatedEnsembler(c)
+    _identity_fuser(gated, c)
+    with torch.no_grad():  # gate output: huge logit on the preferred input -> weight ~1
+        gated.gate[2].weight.zero_()
+        gated.gate[2].bias.copy_(torch.tensor([50.0, -50.0] if prefer == 0 else [-50.0, 50.0]))
+    y1 = torch.rand(6, c) + 0.1
+    y2 = torch.rand(6, c) + 0.1
+    out = gated(y1, y2)
+    assert torch.allclose(gated.weights(y1, y2)[:, prefer], torch.ones(6))
+    assert torch.allclose(out, y1 if prefer == 0 else y2, atol=1e-5)
+
+
+def test_gated_ensembler_equal_weights_average():
+    c = 3
+    gated = GatedEnsembler(c)
+    _identity_fuser(gated, c)
+    with torch.no_grad():
+        gated.gate[2].weight.zero_()
+        gated.gate[2].bias.zero_()
+    y1, y2 = torch.rand(4, c) + 0.1, torch.rand(4, c) + 0.1
+    assert torch.allclose(gated(y1, y2), (y1 + y2) / 2, atol=1e-5)
+
+
+def test_gated_ensembler_is_trainable():
+    torch.manual_seed(0)
+    gated = GatedEnsembler(3)
+    y1, y2 = torch.randn(64, 3), torch.randn(64, 3)
+    labels = y2.argmax(-1)
+    opt = torch.optim.Adam(gated.parameters(), lr=1e-2)
+    first = None
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(gated(y1, y2), labels)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_build_ensembler_rejects_unknown():
+    assert isinstance(build_ensembler("entropy", 3), EntropyEnsembler)
+    with pytest.raises(ValueError):
+        build_ensembler("bogus", 3)
+
+
+def _toy_split(n: int = 4, h: int = 32, w: int = 32):
+    """LR logits that always predict class 0; the label is 1 exactly where the image is bright red,
+    so the LR errors are the red pixels and only the RGB input reveals them."""
+    from methods.sparserefine.lr_outputs import SplitOutputs
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 120, (n, 3, h, w), generator=gen, dtype=torch.uint8)
+    red = torch.rand(n, h, w, generator=gen) < 0.1
+    images[:, 0][red] = 250
+    labels = red.long()
+    logits = torch.zeros(n, 2, h, w)
+    logits[:, 0] = 1.0
+    return SplitOutputs(
+        images=images,
+        labels=labels,
+        logits_grid=logits.half(),
+        magnitude_grid=torch.ones(n, h, w),
+        factor=1,
+        num_classes=2,
+        names=[str(i) for i in range(n)],
+    )
+
+
+def test_learnable_selector_learns_the_errors_on_a_toy():
+    from methods.sparserefine.selection import (
+        LearnableTraining,
+        ResolvedSelector,
+        SelectionSpec,
+        train_learnable_selector,
+    )
+
+    split = _toy_split()
+    art = train_learnable_selector(split, LearnableTraining(steps=60, batch=2, crop=(32, 32), lr=1e-2), 0, print)
+    assert art["losses"][-1] < art["losses"][0]
+    model = LearnableSelector(2)
+    model.load_state_dict(art["state_dict"])
+    selector = ResolvedSelector(SelectionSpec("learnable", density=0.1), split, model.eval())
+    counts = SelectionCounts()
+    for i in range(len(split)):
+        counts.update(selector.mask(split, i), lr_errors(split.logits(i), split.labels[i : i + 1]))
+    assert counts.recall > 80.0  # random selection at this density would find ~10%
+
+
+def test_gated_ensembler_starts_as_identity_fuser():
+    gated = GatedEnsembler(5)
+    x = torch.randn(7, 5)
+    assert torch.allclose(gated.fuser(x), x, atol=1e-6)

@@ -136,7 +136,8 @@ def _results_frame(store: Any, target: str | None) -> Any:
         row = {k: r[k] for k in ("run_id", "suite", "trial", "label", "section", "precision", "batch_size",
                                  "device", "status")}  # fmt: skip
         row.update({f"p.{k}": v for k, v in r["params"].items()})
-        row.update({m: v["value"] for m, v in r["metrics"].items()})
+        # a metric named like a column (the selectors' "precision") must not overwrite the axis
+        row.update({(f"metric.{m}" if m in row else m): v["value"] for m, v in r["metrics"].items()})
         row["error"] = r["error"]
         flat.append(row)
     return pd.DataFrame(flat)
@@ -218,6 +219,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_baseline_save(args: argparse.Namespace) -> int:
     from harness.gate import save_baseline
 
+    load_methods()
     store = open_store(args.db, create=False)
     path = save_baseline(store, args.target, Path(args.out))
     out.print(f"baseline written: {path}")

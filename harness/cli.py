@@ -127,7 +127,9 @@ def _results_frame(store: Any, target: str | None) -> Any:
             raise UserError(f"no run with id {target}")
         rows = store.results(run_id=int(target), latest_per_unit=False)
     else:
-        name = Path(target).stem if target.endswith((".yaml", ".yml")) else target
+        from harness.suite import suite_name_of
+
+        name = suite_name_of(target)
         rows = store.results(suite=name)
         if not rows:
             raise UserError(f"no results stored for suite {name!r}")

@@ -29,6 +29,7 @@ from scipy.stats import mannwhitneyu
 
 from harness.errors import UserError
 from harness.store import Store
+from harness.suite import load_suite, suite_name_of
 
 BASELINE_FORMAT = 1
 DEFAULTS = {"min_effect": 0.10, "accuracy_tolerance": 0.3, "alpha": 0.01}
@@ -89,10 +90,6 @@ def _matches(row: dict[str, Any], selector: dict[str, Any]) -> bool:
 # --- collecting a run ----------------------------------------------------------------------------
 
 
-def _suite_name(target: str) -> str:
-    return Path(target).stem if target.endswith((".yaml", ".yml")) else target
-
-
 def collect(store: Store, target: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     """(suite name, result rows with samples, provenance) for a run id or a suite's latest results."""
     if target.isdigit():
@@ -102,7 +99,7 @@ def collect(store: Store, target: str) -> tuple[str, list[dict[str, Any]], dict[
         rows = store.results(run_id=run.id, with_samples=True)
         suite = run.suite
     else:
-        suite = _suite_name(target)
+        suite = suite_name_of(target)
         rows = store.results(suite=suite, with_samples=True)
         run = store.latest_run(suite)
         if run is None or not rows:
@@ -124,8 +121,6 @@ def collect(store: Store, target: str) -> tuple[str, list[dict[str, Any]], dict[
 def load_settings(suite_path: Path | None, overrides: dict[str, float | None]) -> GateSettings:
     raw: dict[str, Any] = {}
     if suite_path is not None and suite_path.exists():
-        from harness.suite import load_suite
-
         raw = dict(load_suite(suite_path).raw.get("gate") or {})
     settings = GateSettings(
         min_effect=float(raw.get("min_effect", DEFAULTS["min_effect"])),

@@ -143,6 +143,11 @@ class TrialSpec:
 _REGISTRY: dict[str, TrialSpec] = {}
 
 
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.5)
     return f" (did you mean {', '.join(close)}?)" if close else ""
@@ -178,7 +183,7 @@ def trial(
         _REGISTRY[name] = TrialSpec(
             name=name,
             fn=fn,
-            doc=doc or (fn.__doc__ or "").strip().splitlines()[0] if (doc or fn.__doc__) else "",
+            doc=doc or _first_line(fn.__doc__),
             params=params,
             metrics=tuple(metrics),
             axes=axes,

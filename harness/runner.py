@@ -282,7 +282,7 @@ def run_suite(
                     bar.advance(task)
                     continue
 
-                def report(message: str, _short: str = short) -> None:
+                def report(message: str) -> None:
                     bar.update(task, status=str(message)[:60])
 
                 record, outcome = execute_unit(unit, options, report)

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     inspect,
     select,
 )
@@ -379,10 +380,10 @@ class Store:
 
     def count_results(self, suite: str | None = None) -> int:
         with self.session() as s:
-            q = select(Result.id)
+            q = select(func.count(Result.id))
             if suite:
                 q = q.where(Result.suite == suite)
-            return len(list(s.scalars(q)))
+            return int(s.scalar(q) or 0)
 
 
 def _result_dict(r: Result, with_samples: bool) -> dict[str, Any]:

@@ -187,6 +187,11 @@ def _at_scale(value: Any, scale: str, chk: _Checker, keypath: tuple[Any, ...]) -
     return value
 
 
+def suite_name_of(target: str) -> str:
+    """The suite name a CLI target means: a suite file's stem, or the name itself."""
+    return Path(target).stem if target.endswith((".yaml", ".yml")) else target
+
+
 def load_suite(path: str | Path) -> Suite:
     """Load and validate a suite at every scale it declares."""
     path = Path(path)
@@ -376,9 +381,14 @@ def _make_unit(
     try:
         params = entry.trial.resolve_params(values)
     except ValueError as exc:
-        bad = next((k for k in values if k in str(exc)), None)
-        sub = ("params", bad) if bad in entry.params else ((bad,) if bad else ())
-        raise chk.fail(("benchmarks", entry.index) + sub if bad in entry.params else keypath + sub, str(exc)) from None
+        bad = next((k for k in values if repr(k) in str(exc)), None)
+        if bad is None:
+            where = keypath
+        elif bad in entry.params:
+            where = ("benchmarks", entry.index, "params", bad)
+        else:
+            where = keypath + (bad,)
+        raise chk.fail(where, str(exc)) from None
     key = unit_key(
         {
             "trial": entry.trial.name,

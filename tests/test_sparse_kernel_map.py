@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from methods.sparse import from_dense, site_mask, to_dense
-from methods.sparse.kernel_map import downsample_coords, grid_shape, kernel_offsets
+from methods.sparse.kernel_map import KeyTable, downsample_coords, grid_shape, kernel_offsets, key_space, linear_keys
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +33,20 @@ def brute_force(out_coords, in_coords, kernel, base_of):
         b, y, x = base_of(o)
         table.append([inputs.get((b, y + dy, x + dx), -1) for dy, dx in kernel_offsets(kernel)])
     return torch.tensor(table, dtype=torch.long).reshape(len(out_coords), kernel * kernel)
+
+
+def test_direct_and_sorted_key_tables_agree_including_absent_and_out_of_range_keys():
+    x, _, _ = random_tensor(batch=2, height=9, width=10)
+    keys = linear_keys(x.coords, x.grid)
+    space = key_space(x.grid, 2)
+    direct, by_sort = KeyTable.build(keys, space), KeyTable.build(keys)
+    assert direct.direct is not None and by_sort.direct is None
+    queries = torch.arange(-3, space + 3).reshape(-1, 2)
+    expected = torch.full_like(queries, -1)
+    for row, key in enumerate(keys.tolist()):
+        expected[queries == key] = row
+    assert torch.equal(direct.lookup(queries), expected)
+    assert torch.equal(by_sort.lookup(queries), expected)
 
 
 def test_from_dense_to_dense_round_trip_and_contiguous_coords():

@@ -51,7 +51,8 @@ class CoordinateManager:
 
     def table(self, stride: int) -> km.KeyTable:
         if stride not in self._tables:
-            self._tables[stride] = km.KeyTable.build(km.linear_keys(self.coords(stride), self.grid(stride)))
+            keys = km.linear_keys(self.coords(stride), self.grid(stride))
+            self._tables[stride] = km.KeyTable.build(keys, km.key_space(self.grid(stride), self.batch_size))
         return self._tables[stride]
 
     def down_coords(self, stride: int, coarse_stride: int) -> Tensor:
@@ -83,7 +84,13 @@ class CoordinateManager:
             return km.down_map(self.table(stride_in), self.grid(stride_in), stride_in, coarse, stride_out, kernel)
         if kind == "up":
             return km.up_map(
-                self.coords(stride_in), stride_in, self.coords(stride_out), stride_out, self.grid(stride_out), kernel
+                self.coords(stride_in),
+                stride_in,
+                self.coords(stride_out),
+                stride_out,
+                self.grid(stride_out),
+                kernel,
+                self.batch_size,
             )
         raise ValueError(f"unknown conv kind {kind!r}")
 

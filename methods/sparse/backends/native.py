@@ -27,7 +27,7 @@ from methods.sparse.tensor import SparseTensor
 ALGORITHMS = ("hybrid", "gemm", "scatter")
 ADD_COST = 3.0
 SCATTER_COST = 18.0
-GATHER_CHUNK_ELEMENTS = 1 << 25  # bound the [rows, K*K*C] gather buffer (~128 MB in fp32)
+GATHER_BLOCK_BYTES = 4 << 20  # bound of the gathered [rows, K*K*C] block of implicit_gemm
 
 
 def _output_rows(x: SparseTensor, spec: ConvSpec) -> int:
@@ -40,19 +40,28 @@ def _output_rows(x: SparseTensor, spec: ConvSpec) -> int:
 
 
 def implicit_gemm(feats: Tensor, weight: Tensor, neighbours: Tensor) -> Tensor:
-    """out[i] = sum_k feats[neighbours[i, k]] @ weight[k] (absent = -1 contributes nothing)."""
+    """out[i] = sum_k feats[neighbours[i, k]] @ weight[k] (absent = -1 contributes nothing).
+
+    Blocked over output rows so the gathered [rows, K*K*C] block stays a few MB: one large gather
+    buffer is a fresh allocation per call, and first-touching its pages cost more than the GEMM
+    (measured 2.5x slower for a 62k-site 32-channel conv on this CPU)."""
     kk, c_in, c_out = weight.shape
     padded = torch.cat([feats, feats.new_zeros(1, c_in)], dim=0)
     index = torch.where(neighbours < 0, torch.full_like(neighbours, feats.shape[0]), neighbours)
     stacked = weight.reshape(kk * c_in, c_out)
-    rows_per_chunk = max(1, GATHER_CHUNK_ELEMENTS // (kk * c_in))
+    rows_per_chunk = max(1, GATHER_BLOCK_BYTES // (kk * c_in * feats.element_size()))
     if index.shape[0] <= rows_per_chunk:
         return torch.index_select(padded, 0, index.reshape(-1)).view(-1, kk * c_in) @ stacked
-    parts = [
-        torch.index_select(padded, 0, chunk.reshape(-1)).view(-1, kk * c_in) @ stacked
-        for chunk in index.split(rows_per_chunk)
-    ]
-    return torch.cat(parts, dim=0)
+    chunks = index.split(rows_per_chunk)
+    if torch.is_grad_enabled() and (feats.requires_grad or weight.requires_grad):
+        return torch.cat([torch.index_select(padded, 0, c.reshape(-1)).view(-1, kk * c_in) @ stacked for c in chunks])
+    out = feats.new_empty(index.shape[0], c_out)
+    start = 0
+    for chunk in chunks:
+        block = torch.index_select(padded, 0, chunk.reshape(-1)).view(-1, kk * c_in)
+        torch.mm(block, stacked, out=out[start : start + chunk.shape[0]])
+        start += chunk.shape[0]
+    return out
 
 
 def gather_scatter(

@@ -74,6 +74,27 @@ def test_native_matches_dense(spec, algorithm):
     assert_close(outputs_and_grads(NativeBackend(algorithm), spec), outputs_and_grads(DenseBackend(), spec), 1e-9)
 
 
+@pytest.mark.parametrize(
+    "spec", [ConvSpec("subm", 3, 1, 1), ConvSpec("down", 3, 1, 2), ConvSpec("up", 3, 2, 1)], ids=str
+)
+def test_native_gemm_under_bf16_autocast_matches_dense_with_fp32_master_weights(spec):
+    """Training runs under CPU bf16 autocast: native's own backward must hand fp32 gradients to the
+    fp32 inputs and agree with dense to bf16 precision."""
+
+    def run(backend):
+        x, weight = problem(spec, torch.float32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = backend.conv(x, weight, spec)
+        g = torch.Generator().manual_seed(1)
+        (out.float() * torch.randn(out.shape, generator=g)).sum().backward()
+        assert x.feats.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+        return out.detach().float(), x.feats.grad, weight.grad
+
+    native, dense = run(NativeBackend("gemm")), run(DenseBackend())
+    for a, b in zip(native, dense, strict=True):
+        assert (a - b).abs().max() <= 0.03 * b.abs().max()
+
+
 def test_dense_definitions_coincide_with_plain_convs():
     """The dense backend's down conv is conv2d(stride 2, padding 1) at the floor sites and the
     general (non-integer) path agrees with the strided path for an integer ratio."""

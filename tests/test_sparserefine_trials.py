@@ -132,6 +132,18 @@ def test_breakdown_and_latency(artifacts):
     assert value(lat, "latency") > 0
 
 
+def test_paper_model_latency_on_an_mmseg_baseline(artifacts):
+    ctx = run("sparserefine.paper_model_latency", artifacts, height=64, width=128, **SMALL)
+    parts = ("hr_latency", "lr_latency", "selector_latency", "extractor_latency", "ensembler_latency")
+    for name in (*parts, "total_latency"):
+        assert value(ctx, name) > 0
+    assert value(ctx, "speedup") == pytest.approx(value(ctx, "hr_latency") / value(ctx, "total_latency"))
+    assert value(ctx, "density") == pytest.approx(11.8, abs=0.1)
+    assert value(ctx, "extractor_gmacs") > 0
+    with pytest.raises(ValueError, match="mmseg baseline"):
+        run("sparserefine.paper_model_latency", artifacts, model="small", height=64, width=128, **SMALL)
+
+
 def test_mac_count_matches_kernel_map_pairs():
     """A submanifold 3x3 conv on a full 3x3 block: the centre has 9 neighbours, edges 6, corners 4."""
     from methods.sparse import SparseConv2d, SparseTensor

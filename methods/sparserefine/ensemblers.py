@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from methods.sparserefine.selectors import entropy_map
+from methods.sparserefine.selectors import entropy_map, entropy_of_probs
 
 ENSEMBLERS = ("direct", "entropy", "gated", "oracle")
 
@@ -74,8 +74,8 @@ class GatedEnsembler(nn.Module):
         """The two per-pixel weights [N, 2] (w for y1, 1 − w for y2)."""
         p1 = torch.softmax(y1.float(), dim=-1)
         p2 = torch.softmax(y2.float(), dim=-1)
-        e1 = entropy_map(y1, dim=-1).unsqueeze(-1)
-        e2 = entropy_map(y2, dim=-1).unsqueeze(-1)
+        e1 = entropy_of_probs(p1, dim=-1).unsqueeze(-1)
+        e2 = entropy_of_probs(p2, dim=-1).unsqueeze(-1)
         gate_in = torch.cat([p1, e1, p2, e2], dim=-1).to(self.gate[0].weight.dtype)
         return torch.softmax(self.gate(gate_in), dim=-1)
 

@@ -20,6 +20,7 @@ from methods.artifacts import cached_artifact
 
 Progress = Callable[[str], None]
 PREDICT_BATCH = 4
+IGNORE_INDEX = 255
 
 
 @dataclass
@@ -43,6 +44,19 @@ class SplitOutputs:
         if grid.dim() == 3:
             grid = grid.unsqueeze(0)
         return upsample_nearest(grid.float(), self.factor)
+
+    def prediction(self, index: int | slice | list[int]) -> torch.Tensor:
+        """Full-resolution LR class map [B, H, W]: the argmax on the LR grid, nearest-upsampled (equal
+        to the argmax of ``logits``, at 1/factor² of its cost)."""
+        grid = self.logits_grid[index]
+        if grid.dim() == 3:
+            grid = grid.unsqueeze(0)
+        return upsample_nearest(grid.float().argmax(dim=1), self.factor)
+
+    def errors(self, index: int) -> torch.Tensor:
+        """Pixels [1, H, W] the LR prediction of image ``index`` gets wrong (void never counts)."""
+        labels = self.labels[index : index + 1]
+        return (self.prediction(index) != labels) & (labels != IGNORE_INDEX)
 
     def magnitude(self, index: int | slice | list[int]) -> torch.Tensor:
         grid = self.magnitude_grid[index]

@@ -166,7 +166,7 @@ class ResolvedSelector:
     def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> torch.Tensor:
         kind = self.spec.selector
         if kind == "oracle":
-            return lr_errors(split.logits(index), split.labels[index : index + 1])
+            return split.errors(index)
         if kind == "random":
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 7919 + salt)
             shape = (1, *split.labels.shape[-2:])

@@ -18,7 +18,11 @@ SELECTORS = ("entropy", "magnitude", "random", "learnable", "oracle")
 
 def entropy_map(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Per-pixel entropy −Σ p·log(max(p, 1e-5)) of softmax(logits) along ``dim`` (kept out)."""
-    probs = torch.softmax(logits.float(), dim=dim)
+    return entropy_of_probs(torch.softmax(logits.float(), dim=dim), dim)
+
+
+def entropy_of_probs(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``entropy_map`` from probabilities already computed (saves a softmax)."""
     return -(probs * torch.log(probs.clamp(min=ENTROPY_EPS))).sum(dim=dim)
 
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from methods.artifacts import cached_artifact
 from methods.sparserefine.lr_outputs import SplitOutputs, upsample_nearest
-from methods.sparserefine.refiner import PixelBatch, RefinerConfig, SparseRefiner, gather_pixels
+from methods.sparserefine.refiner import RefinerConfig, SparseRefiner, gather_pixels
 from methods.sparserefine.selection import ResolvedSelector
-from methods.sparserefine.selectors import SelectionCounts, lr_errors
+from methods.sparserefine.selectors import SelectionCounts
 
 Progress = Callable[[str], None]
 SCALE_KEY = "sparserefine"  # the suite's scale settings for this package live under this key
@@ -244,25 +244,6 @@ class EvalResult:
     images: int
 
 
-def refine_image(
-    model: SparseRefiner,
-    image_norm: torch.Tensor,
-    logits: torch.Tensor,
-    mask: torch.Tensor,
-    features: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, PixelBatch]:
-    """Final logits [B, C, H, W]: the LR logits with the selected pixels replaced by the ensembled
-    refinement."""
-    pixels = gather_pixels(mask, image_norm, logits, model.config, features, labels)
-    out = logits.clone()
-    if pixels.coords.shape[0] > 0:
-        y, _ = model(pixels, use_labels=labels is not None)
-        b, yy, xx = pixels.coords.long().unbind(1)
-        out.permute(0, 2, 3, 1)[b, yy, xx] = y.to(out.dtype)
-    return out, pixels
-
-
 @torch.inference_mode()
 def evaluate(
     model: SparseRefiner,
@@ -289,18 +270,25 @@ def evaluate(
     for i in range(len(val)):
         logits = val.logits(i)
         labels = val.labels[i : i + 1]
+        lr_pred = val.prediction(i)
         mask = selector.mask(val, i)
-        counts.update(mask, lr_errors(logits, labels))
-        out, pixels = refine_image(
-            model,
+        counts.update(mask, val.errors(i))
+        pixels = gather_pixels(
+            mask,
             _normalize(val.images[i : i + 1]),
             logits,
-            mask,
+            model.config,
             None if features is None else features.at(i),
             labels if use_labels else None,
         )
+        # the final map differs from the LR one only at the refined pixels
+        refined_pred = lr_pred.clone()
+        if pixels.coords.shape[0] > 0:
+            y, _ = model(pixels, use_labels=use_labels)
+            b, yy, xx = pixels.coords.long().unbind(1)
+            refined_pred[b, yy, xx] = y.argmax(dim=-1)
         sites += int(pixels.coords.shape[0])
-        refined.update(out.argmax(1), labels)
-        lr.update(logits.argmax(1), labels)
+        refined.update(refined_pred, labels)
+        lr.update(lr_pred, labels)
         progress(f"sparserefine: evaluating {i + 1}/{len(val)}")
     return EvalResult(refined, lr, counts, sites, len(val))

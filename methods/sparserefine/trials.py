@@ -111,12 +111,12 @@ def _selector_latency_fn(ctx: TrialContext, exp, selector) -> Any:
 
 
 def _selection_stats(exp, selector, split: str):
-    from methods.sparserefine.selectors import SelectionCounts, lr_errors
+    from methods.sparserefine.selectors import SelectionCounts
 
     data = exp.split(split)
     counts = SelectionCounts()
     for i in range(len(data)):
-        counts.update(selector.mask(data, i), lr_errors(data.logits(i), data.labels[i : i + 1]))
+        counts.update(selector.mask(data, i), data.errors(i))
     return counts
 
 
@@ -481,3 +481,101 @@ def latency_trial(ctx: TrialContext) -> None:
     h, w = images.shape[-2:]
     ctx.record("density", 100.0 * pixels.coords.shape[0] / (ctx.batch_size * h * w))
     ctx.measure("latency", lambda: pipeline(images))
+
+
+@trial(
+    "sparserefine.paper_model_latency",
+    doc="End-to-end latency of the paper's own configuration, random weights: an mmseg baseline "
+    "(default HRNet-W48) on the full grid against the same model on the x2-downsampled image + "
+    "entropy selector + the paper-size MinkUNet at the paper's density + gated ensembler.",
+    params=[
+        Param("model", str, "hrnet_w48", doc="mmseg baseline (methods.mmseg_models)"),
+        Param("height", int, PAPER_GRID[0], doc="full-resolution grid height", low=32),
+        Param("width", int, PAPER_GRID[1], doc="full-resolution grid width", low=32),
+        Param(
+            "density", float, round(100 * PAPER_DENSITY, 6), doc="refined pixels, % of the grid", low=0.01, high=100.0
+        ),
+        *[p for p in REFINER_PARAMS if p.name in ("arch", "width_mult", "reps", "backend")],
+        Param("num_classes", int, 19, doc="classes of the baseline and the refiner", low=2),
+    ],
+    metrics=[
+        Metric("hr_latency", "ms", "lower", doc="baseline on the full grid"),
+        Metric("lr_latency", "ms", "lower", doc="baseline on the x2 area-downsampled image"),
+        Metric("selector_latency", "ms", "lower", doc="entropy + threshold on the LR logits, x2 mask"),
+        Metric("extractor_latency", "ms", "lower", doc="sparse extractor + linear head, kernel maps included"),
+        Metric("ensembler_latency", "ms", "lower"),
+        Metric("total_latency", "ms", "lower", doc="LR pass + selector + gather + extractor + ensembler + write-back"),
+        Metric("speedup", "x", "higher", doc="hr_latency / total_latency"),
+        Metric("extractor_gmacs", "G", "lower"),
+        Metric("density", "%", "none"),
+    ],
+    axes=("precision", "batch_size", "device"),
+    version="1",
+)
+def paper_model_latency_trial(ctx: TrialContext) -> None:
+    """Latency does not depend on the weights, but the selected set does: random weights give no
+    meaningful entropy map, so the refined pixels are selector-like masks at ``density`` (label
+    boundaries and small objects of embedded val images, as in suites/table7.yaml) while the selector's
+    own cost is still paid in the total (its mask is computed, then replaced)."""
+    import torch.nn.functional as F
+
+    from methods.baselines.trials import build_model, mmseg_model_names
+    from methods.datasets import normalize
+    from methods.sparse.masks import dataset_masks
+    from methods.sparserefine.costs import count_macs, lr_grid_entropy_mask
+    from methods.sparserefine.refiner import RefinerConfig, SparseRefiner, gather_pixels
+
+    p = ctx.params
+    if p["model"] not in mmseg_model_names():
+        raise ValueError(f"model must be an mmseg baseline ({', '.join(mmseg_model_names())}), got {p['model']!r}")
+    device = timing.check_device(ctx.device)
+    timing.probe_precision(ctx.precision, ctx.device)
+    height, width, factor = p["height"], p["width"], 2
+    ctx.progress(f"building {p['density']}% masks on {height}x{width}")
+    masks = dataset_masks(ctx.dataset, ctx.batch_size, height, width, p["density"] / 100.0, ctx.seed)
+    ctx.note("mask_source", masks.source)
+    torch.manual_seed(ctx.seed)
+    config = RefinerConfig(p["num_classes"], p["arch"], p["width_mult"], p["reps"], backend=p["backend"])
+    refiner = SparseRefiner(config).eval()
+    images = normalize(masks.images)
+    with torch.inference_mode():
+        probe_logits = torch.zeros(ctx.batch_size, p["num_classes"], height, width)
+        macs = count_macs(refiner, gather_pixels(masks.mask, images, probe_logits, config))
+    ctx.record("extractor_gmacs", macs.extractor / 1e9)
+    ctx.record("density", 100.0 * float(masks.mask.float().mean()))
+
+    ctx.progress(f"building {p['model']}")
+    dense_model = timing.prepare_for_latency(
+        build_model(p["model"], p["num_classes"]), precision=ctx.precision, device=ctx.device
+    )
+    refiner = timing.prepare_for_latency(refiner, precision=ctx.precision, device=ctx.device, channels_last=False)
+    images = timing.prepare_input(images, precision=ctx.precision, device=ctx.device)
+    mask = masks.mask.to(device)
+
+    def lr_pass() -> torch.Tensor:
+        return dense_model(F.avg_pool2d(images, factor))
+
+    with torch.inference_mode():
+        logits_lr = lr_pass()
+        up = logits_lr.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+        pixels = gather_pixels(mask, images, up, config)
+        y2 = refiner.refine(pixels)
+
+    def end_to_end() -> torch.Tensor:
+        logits = lr_pass()
+        lr_grid_entropy_mask(logits, 0.3, factor)  # the selector's cost; its mask is replaced (see doc)
+        out = logits.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+        selected = gather_pixels(mask, images, out, config)
+        y, _ = refiner(selected)
+        b, yy, xx = selected.coords.long().unbind(1)
+        out.permute(0, 2, 3, 1)[b, yy, xx] = y.to(out.dtype)
+        return out
+
+    ctx.progress(f"timing {p['model']} at {height}x{width}")
+    ctx.measure("hr_latency", lambda: dense_model(images))
+    ctx.measure("lr_latency", lr_pass)
+    ctx.measure("selector_latency", lambda: lr_grid_entropy_mask(logits_lr, 0.3, factor))
+    ctx.measure("extractor_latency", lambda: refiner.refine(pixels))
+    ctx.measure("ensembler_latency", lambda: refiner.ensembler(pixels.y1, y2))
+    ctx.measure("total_latency", end_to_end)
+    ctx.record("speedup", ctx.metrics["hr_latency"].value / ctx.metrics["total_latency"].value)

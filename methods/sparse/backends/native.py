@@ -39,29 +39,93 @@ def _output_rows(x: SparseTensor, spec: ConvSpec) -> int:
     return int(x.manager.coords(spec.stride_out).shape[0])
 
 
-def implicit_gemm(feats: Tensor, weight: Tensor, neighbours: Tensor) -> Tensor:
+def _gemm_blocks(padded: Tensor, index: Tensor, stacked: Tensor, out: Tensor) -> Tensor:
+    """out[rows] = padded[index[rows]].flatten(1) @ stacked, blocked over rows (see ``implicit_gemm``)."""
+    width = index.shape[1] * padded.shape[1]
+    rows_per_block = max(1, GATHER_BLOCK_BYTES // (width * padded.element_size()))
+    for start in range(0, index.shape[0], rows_per_block):
+        chunk = index[start : start + rows_per_block]
+        block = torch.index_select(padded, 0, chunk.reshape(-1)).view(-1, width)
+        torch.mm(block, stacked, out=out[start : start + chunk.shape[0]])
+    return out
+
+
+def _padded_index(feats: Tensor, neighbours: Tensor) -> tuple[Tensor, Tensor]:
+    """(feats with a trailing zero row, neighbours with absent (-1) pointing at that row)."""
+    padded = torch.cat([feats, feats.new_zeros(1, feats.shape[1])], dim=0)
+    index = torch.where(neighbours < 0, torch.full_like(neighbours, feats.shape[0]), neighbours)
+    return padded, index
+
+
+def transpose_table(neighbours: Tensor, num_in: int) -> Tensor:
+    """The neighbour table of the transposed conv: T[j, k] = i where neighbours[i, k] = j (-1 if none).
+
+    Unique because every conv kind maps (output site, offset) to a distinct input site per offset."""
+    table = neighbours.new_full((num_in, neighbours.shape[1]), -1)
+    rows = torch.arange(neighbours.shape[0], device=neighbours.device)
+    for k in range(neighbours.shape[1]):
+        column = neighbours[:, k]
+        present = column >= 0
+        table[column[present], k] = rows[present]
+    return table
+
+
+class _ImplicitGemm(torch.autograd.Function):
+    """Implicit GEMM whose backward is two more implicit GEMMs instead of autograd's scatter-adds:
+    grad_feats gathers grad_out through the transposed table with the transposed weights, and
+    grad_weight accumulates gathered-block^T @ grad_out block by block."""
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, weight: Tensor, neighbours: Tensor, transposed: Tensor) -> Tensor:
+        kk, c_in, c_out = weight.shape
+        padded, index = _padded_index(feats, neighbours)
+        out = _gemm_blocks(padded, index, weight.reshape(kk * c_in, c_out), feats.new_empty(index.shape[0], c_out))
+        ctx.save_for_backward(feats, weight, neighbours, transposed)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        feats, weight, neighbours, transposed = ctx.saved_tensors
+        kk, c_in, c_out = weight.shape
+        grad_out = grad_out.contiguous()
+        grad_feats = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            padded, index = _padded_index(grad_out, transposed)
+            stacked = weight.transpose(1, 2).reshape(kk * c_out, c_in)
+            grad_feats = _gemm_blocks(padded, index, stacked, grad_out.new_empty(feats.shape[0], c_in))
+        if ctx.needs_input_grad[1]:
+            padded, index = _padded_index(feats, neighbours)
+            grad = weight.new_zeros(kk * c_in, c_out)
+            rows_per_block = max(1, GATHER_BLOCK_BYTES // (kk * c_in * feats.element_size()))
+            for start in range(0, index.shape[0], rows_per_block):
+                chunk = index[start : start + rows_per_block]
+                block = torch.index_select(padded, 0, chunk.reshape(-1)).view(-1, kk * c_in)
+                grad.addmm_(block.t(), grad_out[start : start + chunk.shape[0]])
+            grad_weight = grad.view(kk, c_in, c_out)
+        return grad_feats, grad_weight, None, None
+
+
+def implicit_gemm(feats: Tensor, weight: Tensor, neighbours: Tensor, transposed: Tensor | None = None) -> Tensor:
     """out[i] = sum_k feats[neighbours[i, k]] @ weight[k] (absent = -1 contributes nothing).
 
     Blocked over output rows so the gathered [rows, K*K*C] block stays a few MB: one large gather
     buffer is a fresh allocation per call, and first-touching its pages cost more than the GEMM
-    (measured 2.5x slower for a 62k-site 32-channel conv on this CPU)."""
-    kk, c_in, c_out = weight.shape
-    padded = torch.cat([feats, feats.new_zeros(1, c_in)], dim=0)
-    index = torch.where(neighbours < 0, torch.full_like(neighbours, feats.shape[0]), neighbours)
-    stacked = weight.reshape(kk * c_in, c_out)
-    rows_per_chunk = max(1, GATHER_BLOCK_BYTES // (kk * c_in * feats.element_size()))
-    if index.shape[0] <= rows_per_chunk:
-        return torch.index_select(padded, 0, index.reshape(-1)).view(-1, kk * c_in) @ stacked
-    chunks = index.split(rows_per_chunk)
+    (measured 2.5x slower for a 62k-site 32-channel conv on this CPU). Under autograd, the backward
+    runs through ``transposed`` (``transpose_table(neighbours, len(feats))``, built if not given)."""
+    device_type = feats.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        feats, weight = feats.to(dtype), weight.to(dtype)
+    else:
+        weight = weight.to(feats.dtype)
     if torch.is_grad_enabled() and (feats.requires_grad or weight.requires_grad):
-        return torch.cat([torch.index_select(padded, 0, c.reshape(-1)).view(-1, kk * c_in) @ stacked for c in chunks])
-    out = feats.new_empty(index.shape[0], c_out)
-    start = 0
-    for chunk in chunks:
-        block = torch.index_select(padded, 0, chunk.reshape(-1)).view(-1, kk * c_in)
-        torch.mm(block, stacked, out=out[start : start + chunk.shape[0]])
-        start += chunk.shape[0]
-    return out
+        if transposed is None:
+            transposed = transpose_table(neighbours, feats.shape[0])
+        with torch.autocast(device_type, enabled=False):
+            return _ImplicitGemm.apply(feats, weight, neighbours, transposed)
+    kk, c_in, c_out = weight.shape
+    padded, index = _padded_index(feats, neighbours)
+    return _gemm_blocks(padded, index, weight.reshape(kk * c_in, c_out), feats.new_empty(index.shape[0], c_out))
 
 
 def gather_scatter(
@@ -111,20 +175,32 @@ class NativeBackend:
         if spec.kind == "subm" and spec.kernel == 1:
             return x.feats @ weight[0]
         table = x.manager.neighbours(spec.kind, spec.stride_in, spec.stride_out, spec.kernel)
+        map_key = (spec.kind, spec.stride_in, spec.stride_out, spec.kernel)
         if self.algorithm == "gemm":
-            return implicit_gemm(x.feats, weight, table)
-        key = ("pairs", spec.kind, spec.stride_in, spec.stride_out, spec.kernel)
-        pairs = x.manager.derived(key, lambda: pairs_from_table(table))
+            return implicit_gemm(x.feats, weight, table, self._transposed(x, map_key, table, None))
+        pairs = x.manager.derived(("pairs", *map_key), lambda: pairs_from_table(table))
         if self.algorithm == "scatter":
             identity = (spec.kernel * spec.kernel) // 2 if spec.kind == "subm" else None
             return gather_scatter(x.feats, weight, pairs, _output_rows(x, spec), identity)
-        plan_key = ("hybrid", spec.kind, spec.stride_in, spec.stride_out, spec.kernel, x.channels)
+        plan_key = ("hybrid", *map_key, x.channels)
         dense, sparse = x.manager.derived(plan_key, lambda: hybrid_plan(table, x.channels))
-        out = None
         if len(dense) == table.shape[1]:
-            return implicit_gemm(x.feats, weight, table)
+            return implicit_gemm(x.feats, weight, table, self._transposed(x, map_key, table, None))
+        out = None
         if dense:
-            columns = torch.tensor(dense, device=table.device)
-            out = implicit_gemm(x.feats, weight.index_select(0, columns), table.index_select(1, columns))
+            columns = x.manager.derived(
+                ("columns", *map_key, tuple(dense)), lambda: torch.tensor(dense, device=table.device)
+            )
+            subset = x.manager.derived(("subset", *map_key, tuple(dense)), lambda: table.index_select(1, columns))
+            transposed = self._transposed(x, map_key, subset, tuple(dense))
+            out = implicit_gemm(x.feats, weight.index_select(0, columns), subset, transposed)
         sparse_pairs = [pairs[k] if k in sparse else (pairs[k][0][:0], pairs[k][1][:0]) for k in range(len(pairs))]
         return gather_scatter(x.feats, weight, sparse_pairs, _output_rows(x, spec), None, out)
+
+    @staticmethod
+    def _transposed(x: SparseTensor, map_key: tuple, table: Tensor, columns: tuple[int, ...] | None) -> Tensor | None:
+        """The transposed table for the backward pass (cached per forward; None when no grad is needed)."""
+        if not torch.is_grad_enabled():
+            return None
+        assert x.manager is not None
+        return x.manager.derived(("transposed", *map_key, columns), lambda: transpose_table(table, x.num_sites))

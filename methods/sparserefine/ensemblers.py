@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from methods.sparserefine.selectors import entropy_map, entropy_of_probs
+from methods.sparserefine.selectors import class_softmax, entropy_map, entropy_of_probs
 
 ENSEMBLERS = ("direct", "entropy", "gated", "oracle")
 
@@ -35,8 +35,8 @@ class OracleEnsembler(nn.Module):
         if labels is None:
             raise ValueError("the oracle ensembler needs the ground-truth labels")
         safe = labels.clamp(0, y1.shape[-1] - 1).unsqueeze(-1)
-        p1 = torch.softmax(y1.float(), dim=-1).gather(-1, safe)
-        p2 = torch.softmax(y2.float(), dim=-1).gather(-1, safe)
+        p1 = class_softmax(y1.float()).gather(-1, safe)
+        p2 = class_softmax(y2.float()).gather(-1, safe)
         right1 = y1.argmax(-1, keepdim=True) == safe
         right2 = y2.argmax(-1, keepdim=True) == safe
         take2 = (right2 & ~right1) | ((right1 == right2) & (p2 > p1))
@@ -72,12 +72,12 @@ class GatedEnsembler(nn.Module):
 
     def weights(self, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
         """The two per-pixel weights [N, 2] (w for y1, 1 − w for y2)."""
-        p1 = torch.softmax(y1.float(), dim=-1)
-        p2 = torch.softmax(y2.float(), dim=-1)
+        p1 = class_softmax(y1.float())
+        p2 = class_softmax(y2.float())
         e1 = entropy_of_probs(p1, dim=-1).unsqueeze(-1)
         e2 = entropy_of_probs(p2, dim=-1).unsqueeze(-1)
         gate_in = torch.cat([p1, e1, p2, e2], dim=-1).to(self.gate[0].weight.dtype)
-        return torch.softmax(self.gate(gate_in), dim=-1)
+        return class_softmax(self.gate(gate_in))
 
     def forward(self, y1: torch.Tensor, y2: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         w = self.weights(y1, y2)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from methods.sparserefine.ensemblers import build_ensembler
+from methods.sparserefine.selectors import class_softmax
 
 # Table 5d rows -> methods.sparse MinkUNet variants ("minkunet6" is the paper's default, strides
 # {1,...,32}; "minkunet5" its Mask2Former-T variant of supp. §1.2), or PointNet.
@@ -87,7 +88,7 @@ def gather_pixels(
     y1 = logits.permute(0, 2, 3, 1)[b, y, x]
     parts = [rgb]
     if config.uses_logits:
-        parts.append(torch.softmax(y1.float(), dim=-1).to(rgb.dtype))
+        parts.append(class_softmax(y1.float()).to(rgb.dtype))
     if config.uses_features:
         if features is None:
             raise ValueError("inputs with '+features' need the LR features")

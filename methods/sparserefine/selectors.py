@@ -16,9 +16,21 @@ ENTROPY_EPS = 1e-5  # the official code clamps probabilities at 1e-5 before the 
 SELECTORS = ("entropy", "magnitude", "random", "learnable", "oracle")
 
 
+def class_softmax(logits: torch.Tensor, dim: int = -1, log: bool = False) -> torch.Tensor:
+    """softmax (``log``: log_softmax) of ``logits`` along ``dim``.
+
+    Per-pixel logits [N, C] are normalised on a transposed copy: torch's CPU kernel along a short
+    contiguous last dim (C = 2..20 classes) is ~15x slower than across a long one (84k x 11 here:
+    6.1 ms against 0.36 ms), and the refiner's training spends its time on exactly these."""
+    fn = torch.log_softmax if log else torch.softmax
+    if logits.dim() == 2 and dim in (-1, 1) and logits.device.type == "cpu":
+        return fn(logits.t().contiguous(), dim=0).t()
+    return fn(logits, dim=dim)
+
+
 def entropy_map(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Per-pixel entropy −Σ p·log(max(p, 1e-5)) of softmax(logits) along ``dim`` (kept out)."""
-    return entropy_of_probs(torch.softmax(logits.float(), dim=dim), dim)
+    return entropy_of_probs(class_softmax(logits.float(), dim=dim), dim)
 
 
 def entropy_of_probs(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:

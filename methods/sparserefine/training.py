@@ -24,7 +24,7 @@ from methods.artifacts import cached_artifact
 from methods.sparserefine.lr_outputs import SplitOutputs, upsample_nearest
 from methods.sparserefine.refiner import RefinerConfig, SparseRefiner, gather_pixels
 from methods.sparserefine.selection import ResolvedSelector
-from methods.sparserefine.selectors import SelectionCounts
+from methods.sparserefine.selectors import SelectionCounts, class_softmax
 
 Progress = Callable[[str], None]
 SCALE_KEY = "sparserefine"  # the suite's scale settings for this package live under this key
@@ -164,7 +164,8 @@ def train_refiner(
                 continue
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
                 y, _ = model(pixels)
-            loss = F.cross_entropy(y.float(), pixels.labels, weight=weights, ignore_index=255)
+            log_probs = class_softmax(y.float(), log=True)  # = F.cross_entropy, minus its slow log_softmax
+            loss = F.nll_loss(log_probs, pixels.labels, weight=weights, ignore_index=255)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

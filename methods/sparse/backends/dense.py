@@ -101,8 +101,6 @@ class DenseBackend:
 
     def conv(self, x: SparseTensor, weight: Tensor, spec: ConvSpec) -> Tensor:
         assert x.manager is not None
-        if spec.kind == "subm" and spec.kernel == 1:
-            return x.feats @ weight[0]  # a 1x1 conv reads no neighbour: the grid would be pure overhead
         grid_in = to_dense(x)
         if spec.kind == "subm":
             out = F.conv2d(grid_in, conv2d_weight(weight), padding=kernel_padding(spec.kernel))

@@ -277,7 +277,7 @@ def run_suite(
             for unit in units:
                 short = unit.describe()[:70]
                 bar.update(task, unit=short, status="")
-                if not options.force and store.is_ok(unit.key):
+                if not options.force and store.is_ok(unit.key, unit.suite):
                     outcomes.append(UnitOutcome(unit, "skipped"))
                     bar.advance(task)
                     continue

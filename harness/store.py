@@ -323,15 +323,19 @@ class Store:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def ok_unit_keys(self, keys: list[str] | None = None) -> set[str]:
+    def ok_unit_keys(self, keys: list[str] | None = None, suite: str | None = None) -> set[str]:
+        """Unit keys stored ok (within ``suite`` if given: reports read a suite's own rows, so a
+        unit another suite stored does not count as done for this one)."""
         with self.session() as s:
             q = select(Result.unit_key).where(Result.status == "ok")
             if keys is not None:
                 q = q.where(Result.unit_key.in_(keys))
+            if suite is not None:
+                q = q.where(Result.suite == suite)
             return set(s.scalars(q))
 
-    def is_ok(self, unit_key: str) -> bool:
-        return bool(self.ok_unit_keys([unit_key]))
+    def is_ok(self, unit_key: str, suite: str | None = None) -> bool:
+        return bool(self.ok_unit_keys([unit_key], suite))
 
     def runs(self, suite: str | None = None) -> list[Run]:
         with self.session() as s:

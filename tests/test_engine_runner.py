@@ -112,6 +112,17 @@ def test_kill_9_then_rerun_completes_with_one_row_per_unit(tmp_path: Path, db_ur
     assert all(len(r["metrics"]) == 2 for r in rows)  # no half-written unit
 
 
+def test_a_unit_stored_by_another_suite_is_not_skipped(tmp_path: Path, db_url: str) -> None:
+    body = "  - trial: test.behave\n    params: {seconds: 0.0}\n    matrix: {index: [1, 2]}\n"
+    a, b = suite_file(tmp_path, body, "a"), suite_file(tmp_path, body, "b")
+    for path in (a, b, b):
+        assert (
+            subprocess.run(_cli("run", str(path), "--db", db_url, "--no-progress"), capture_output=True).returncode == 0
+        )
+    store = Store(db_url)
+    assert store.count_results("a") == 2 and store.count_results("b") == 2  # b ran its own, once
+
+
 def test_two_concurrent_runs_share_one_db(tmp_path: Path, db_url: str) -> None:
     Store(db_url)
     body = "  - trial: test.behave\n    params: {seconds: 0.05}\n    matrix: {index: [1, 2, 3, 4, 5, 6]}\n"

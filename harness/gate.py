@@ -6,7 +6,9 @@ latency change is a regression only if a Mann–Whitney U test on the normalized
 distributions differ (p < alpha, as asv does) AND the ratio of normalized medians exceeds the
 minimum effect size (default 10%). Accuracy-like metrics (everything with a direction that is not
 a time) are deterministic on CPU with fixed seeds: they are compared with an absolute tolerance
-(default 0.3 points). Metrics whose direction is "none" are informational and never gate.
+(default 0.3 points). Metrics whose direction is "none" are informational and never gate, and so are
+times derived without samples (e.g. a per-site latency computed from a measured one): neither
+deterministic nor testable, they would only restate the load of the machine.
 
 Units are matched by identity: trial, section, label and axes, plus the parameters when the unit
 has no label (label the units you gate, so a test-only parameter can change without changing
@@ -33,6 +35,7 @@ from harness.suite import load_suite, suite_name_of
 
 BASELINE_FORMAT = 1
 DEFAULTS = {"min_effect": 0.10, "accuracy_tolerance": 0.3, "alpha": 0.01}
+TIME_UNITS = ("s", "ms", "us", "ns")
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,7 @@ def compare(baseline: dict[str, Any], current: dict[str, dict[str, Any]], settin
             if cm is None:
                 verdicts.append(Verdict(name, metric, "missing", bm["value"], None, "", "metric not recorded"))
                 continue
-            if bm["better"] == "none":
+            if bm["better"] == "none" or (bm["unit"] in TIME_UNITS and not bm.get("samples")):
                 continue
             min_effect, tolerance = settings.for_metric(metric)
             if bm.get("samples") and bm["unit"] == "ms":

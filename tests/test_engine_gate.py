@@ -54,6 +54,18 @@ def test_accuracy_tolerance_and_status_change() -> None:
     assert [v.verdict for v in compare(base, failed, settings)] == ["regression"]
 
 
+def test_a_time_derived_without_samples_does_not_gate_but_an_accuracy_does() -> None:
+    unit = {"unit": "u", "status": "ok", "error": "", "is_reference": False}
+    per_site = {"unit": "us", "better": "lower"}
+    base = {"units": {"a": {**unit, "metrics": {"per_site": {**per_site, "value": 6.9}}}}}
+    slower = {"a": {**unit, "metrics": {"per_site": {**per_site, "value": 8.1}}}}
+    assert compare(base, slower, GateSettings()) == []
+    as_points = {"unit": "%", "better": "lower"}  # same numbers on a non-time metric do gate
+    base = {"units": {"a": {**unit, "metrics": {"m": {**as_points, "value": 6.9}}}}}
+    worse = {"a": {**unit, "metrics": {"m": {**as_points, "value": 8.1}}}}
+    assert [v.verdict for v in compare(base, worse, GateSettings())] == ["regression"]
+
+
 GATE_SUITE = """\
 name: gated
 seed: 0

@@ -94,15 +94,24 @@ class SparseRefinePipeline(nn.Module):
     The LR dense pass runs on the ×``factor`` area-downsampled image; the entropy selector on its
     logits; the refiner on the selected full-resolution pixels; the output is the nearest-upsampled
     LR logits with the refined pixels written in. Each stage is also callable on its own for the
-    breakdown.
+    breakdown. ``fixed_mask`` [B, H, W] replaces the entropy selector's mask after it is computed
+    (for timing networks with random weights, whose entropy maps mean nothing).
     """
 
-    def __init__(self, lr_module: nn.Module, refiner: SparseRefiner, alpha: float, factor: int = 2):
+    def __init__(
+        self,
+        lr_module: nn.Module,
+        refiner: SparseRefiner,
+        alpha: float,
+        factor: int = 2,
+        fixed_mask: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.lr_module = lr_module
         self.refiner = refiner
         self.alpha = alpha
         self.factor = factor
+        self.fixed_mask = fixed_mask
 
     def dense(self, images: torch.Tensor) -> torch.Tensor:
         small = nn.functional.avg_pool2d(images, self.factor)
@@ -112,6 +121,8 @@ class SparseRefinePipeline(nn.Module):
         from methods.sparserefine.refiner import gather_pixels
 
         mask = lr_grid_entropy_mask(logits_lr, self.alpha, self.factor)
+        if self.fixed_mask is not None:
+            mask = self.fixed_mask  # the selector's cost is paid; its mask is replaced
         up = logits_lr.repeat_interleave(self.factor, dim=2).repeat_interleave(self.factor, dim=3)
         return gather_pixels(mask, images, up, self.refiner.config)
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from methods.artifacts import cached_artifact
+from methods.sparserefine.selectors import prediction_errors
 
 Progress = Callable[[str], None]
 PREDICT_BATCH = 4
-IGNORE_INDEX = 255
 
 
 @dataclass
@@ -38,25 +38,23 @@ class SplitOutputs:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def _logits_on_grid(self, index: int | slice | list[int]) -> torch.Tensor:
+        """LR logits [B, C, H/f, W/f] (fp32) of the given images."""
+        grid = self.logits_grid[index]
+        return (grid.unsqueeze(0) if grid.dim() == 3 else grid).float()
+
     def logits(self, index: int | slice | list[int]) -> torch.Tensor:
         """Full-resolution LR logits (fp32) of the given images, [B, C, H, W]."""
-        grid = self.logits_grid[index]
-        if grid.dim() == 3:
-            grid = grid.unsqueeze(0)
-        return upsample_nearest(grid.float(), self.factor)
+        return upsample_nearest(self._logits_on_grid(index), self.factor)
 
     def prediction(self, index: int | slice | list[int]) -> torch.Tensor:
         """Full-resolution LR class map [B, H, W]: the argmax on the LR grid, nearest-upsampled (equal
         to the argmax of ``logits``, at 1/factor² of its cost)."""
-        grid = self.logits_grid[index]
-        if grid.dim() == 3:
-            grid = grid.unsqueeze(0)
-        return upsample_nearest(grid.float().argmax(dim=1), self.factor)
+        return upsample_nearest(self._logits_on_grid(index).argmax(dim=1), self.factor)
 
     def errors(self, index: int) -> torch.Tensor:
         """Pixels [1, H, W] the LR prediction of image ``index`` gets wrong (void never counts)."""
-        labels = self.labels[index : index + 1]
-        return (self.prediction(index) != labels) & (labels != IGNORE_INDEX)
+        return prediction_errors(self.prediction(index), self.labels[index : index + 1])
 
     def magnitude(self, index: int | slice | list[int]) -> torch.Tensor:
         grid = self.magnitude_grid[index]

@@ -59,7 +59,12 @@ def random_select(shape: tuple[int, ...], density: float, generator: torch.Gener
 
 def lr_errors(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """Pixels the LR prediction gets wrong (ignored pixels are never errors)."""
-    return (logits.argmax(dim=1) != labels) & (labels != ignore_index)
+    return prediction_errors(logits.argmax(dim=1), labels, ignore_index)
+
+
+def prediction_errors(prediction: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Pixels where a class map differs from the labels (ignored pixels are never errors)."""
+    return (prediction != labels) & (labels != ignore_index)
 
 
 def oracle_select(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:

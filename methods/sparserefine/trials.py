@@ -517,12 +517,10 @@ def paper_model_latency_trial(ctx: TrialContext) -> None:
     meaningful entropy map, so the refined pixels are selector-like masks at ``density`` (label
     boundaries and small objects of embedded val images, as in suites/table7.yaml) while the selector's
     own cost is still paid in the total (its mask is computed, then replaced)."""
-    import torch.nn.functional as F
-
     from methods.baselines.trials import build_model, mmseg_model_names
     from methods.datasets import normalize
     from methods.sparse.masks import dataset_masks
-    from methods.sparserefine.costs import count_macs, lr_grid_entropy_mask
+    from methods.sparserefine.costs import SparseRefinePipeline, count_macs
     from methods.sparserefine.refiner import RefinerConfig, SparseRefiner, gather_pixels
 
     p = ctx.params
@@ -530,7 +528,7 @@ def paper_model_latency_trial(ctx: TrialContext) -> None:
         raise ValueError(f"model must be an mmseg baseline ({', '.join(mmseg_model_names())}), got {p['model']!r}")
     device = timing.check_device(ctx.device)
     timing.probe_precision(ctx.precision, ctx.device)
-    height, width, factor = p["height"], p["width"], 2
+    height, width = p["height"], p["width"]
     ctx.progress(f"building {p['density']}% masks on {height}x{width}")
     masks = dataset_masks(ctx.dataset, ctx.batch_size, height, width, p["density"] / 100.0, ctx.seed)
     ctx.note("mask_source", masks.source)
@@ -550,32 +548,17 @@ def paper_model_latency_trial(ctx: TrialContext) -> None:
     )
     refiner = timing.prepare_for_latency(refiner, precision=ctx.precision, device=ctx.device, channels_last=False)
     images = timing.prepare_input(images, precision=ctx.precision, device=ctx.device)
-    mask = masks.mask.to(device)
-
-    def lr_pass() -> torch.Tensor:
-        return dense_model(F.avg_pool2d(images, factor))
-
+    pipeline = SparseRefinePipeline(dense_model, refiner, alpha=0.3, factor=2, fixed_mask=masks.mask.to(device))
     with torch.inference_mode():
-        logits_lr = lr_pass()
-        up = logits_lr.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
-        pixels = gather_pixels(mask, images, up, config)
+        logits_lr = pipeline.dense(images)
+        pixels = pipeline.select(images, logits_lr)
         y2 = refiner.refine(pixels)
-
-    def end_to_end() -> torch.Tensor:
-        logits = lr_pass()
-        lr_grid_entropy_mask(logits, 0.3, factor)  # the selector's cost; its mask is replaced (see doc)
-        out = logits.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
-        selected = gather_pixels(mask, images, out, config)
-        y, _ = refiner(selected)
-        b, yy, xx = selected.coords.long().unbind(1)
-        out.permute(0, 2, 3, 1)[b, yy, xx] = y.to(out.dtype)
-        return out
 
     ctx.progress(f"timing {p['model']} at {height}x{width}")
     ctx.measure("hr_latency", lambda: dense_model(images))
-    ctx.measure("lr_latency", lr_pass)
-    ctx.measure("selector_latency", lambda: lr_grid_entropy_mask(logits_lr, 0.3, factor))
+    ctx.measure("lr_latency", lambda: pipeline.dense(images))
+    ctx.measure("selector_latency", lambda: pipeline.select(images, logits_lr))
     ctx.measure("extractor_latency", lambda: refiner.refine(pixels))
     ctx.measure("ensembler_latency", lambda: refiner.ensembler(pixels.y1, y2))
-    ctx.measure("total_latency", end_to_end)
+    ctx.measure("total_latency", lambda: pipeline(images))
     ctx.record("speedup", ctx.metrics["hr_latency"].value / ctx.metrics["total_latency"].value)

@@ -39,14 +39,20 @@ def _output_rows(x: SparseTensor, spec: ConvSpec) -> int:
     return int(x.manager.coords(spec.stride_out).shape[0])
 
 
-def _gemm_blocks(padded: Tensor, index: Tensor, stacked: Tensor, out: Tensor) -> Tensor:
-    """out[rows] = padded[index[rows]].flatten(1) @ stacked, blocked over rows (see ``implicit_gemm``)."""
+def _gathered_blocks(padded: Tensor, index: Tensor):
+    """(first row, padded[index[rows]].flatten(1)) for consecutive blocks of rows of ``index``, each
+    gathered block at most GATHER_BLOCK_BYTES (see ``implicit_gemm``)."""
     width = index.shape[1] * padded.shape[1]
     rows_per_block = max(1, GATHER_BLOCK_BYTES // (width * padded.element_size()))
     for start in range(0, index.shape[0], rows_per_block):
         chunk = index[start : start + rows_per_block]
-        block = torch.index_select(padded, 0, chunk.reshape(-1)).view(-1, width)
-        torch.mm(block, stacked, out=out[start : start + chunk.shape[0]])
+        yield start, torch.index_select(padded, 0, chunk.reshape(-1)).view(-1, width)
+
+
+def _gemm_blocks(padded: Tensor, index: Tensor, stacked: Tensor, out: Tensor) -> Tensor:
+    """out[rows] = padded[index[rows]].flatten(1) @ stacked, block by block."""
+    for start, block in _gathered_blocks(padded, index):
+        torch.mm(block, stacked, out=out[start : start + block.shape[0]])
     return out
 
 
@@ -96,11 +102,8 @@ class _ImplicitGemm(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             padded, index = _padded_index(feats, neighbours)
             grad = weight.new_zeros(kk * c_in, c_out)
-            rows_per_block = max(1, GATHER_BLOCK_BYTES // (kk * c_in * feats.element_size()))
-            for start in range(0, index.shape[0], rows_per_block):
-                chunk = index[start : start + rows_per_block]
-                block = torch.index_select(padded, 0, chunk.reshape(-1)).view(-1, kk * c_in)
-                grad.addmm_(block.t(), grad_out[start : start + chunk.shape[0]])
+            for start, block in _gathered_blocks(padded, index):
+                grad.addmm_(block.t(), grad_out[start : start + block.shape[0]])
             grad_weight = grad.view(kk, c_in, c_out)
         return grad_feats, grad_weight, None, None
 

@@ -138,3 +138,23 @@ def test_set_backend_switches_every_conv():
     assert {m.backend for m in model.modules() if isinstance(m, SparseConv2d)} == {"dense"}
     with pytest.raises(ValueError):
         set_backend(model, "nope")
+
+
+def test_training_mode_1x1_conv_equals_each_backends_own_path():
+    """In training a 1x1 conv runs as a plain matmul whatever the backend; in eval it takes the
+    backend's own path (the dense one on the zero-filled grid). Both must give the same features and
+    gradients."""
+    from methods.sparse import SparseConv2d
+
+    x = tiny_input()
+    conv = SparseConv2d(3, 5, kernel=1, backend="dense").double()
+    results = []
+    for training in (True, False):
+        conv.train(training)
+        conv.zero_grad()
+        feats = x.feats.clone().requires_grad_()
+        out = conv(SparseTensor(x.coords, feats, 1, x.spatial_shape, x.batch_size)).feats
+        out.sum().backward()
+        results.append((out.detach(), feats.grad, conv.weight.grad.clone()))
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)

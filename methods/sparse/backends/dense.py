@@ -3,8 +3,7 @@
 This is the "dense" row of SparseRefine Table 7 and the ground truth the sparse backends are tested
 against. Definitions (matching ``kernel_map``):
 
-- subm: conv2d(padding=p) then read at the input sites (= conv then mask); kernel 1 is the same
-  per-site matmul in every backend (the refiner's training runs on this backend);
+- subm: conv2d(padding=p) then read at the input sites (= conv then mask);
 - down, integer ratio r: conv2d(stride=r, padding=p) read at the coarse sites (the input is padded
   at the bottom/right so the last coarse row/column exists even for kernel 2);
   non-integer ratio: stride-1 conv2d sampled at the anchor rows/cols floor(o * s2 / s1);
@@ -102,9 +101,6 @@ class DenseBackend:
 
     def conv(self, x: SparseTensor, weight: Tensor, spec: ConvSpec) -> Tensor:
         assert x.manager is not None
-        if spec.kind == "subm" and spec.kernel == 1:
-            # a 1x1 conv reads no neighbour: on the zero-filled grid it would only add work on zeros
-            return x.feats @ weight[0]
         grid_in = to_dense(x)
         if spec.kind == "subm":
             out = F.conv2d(grid_in, conv2d_weight(weight), padding=kernel_padding(spec.kernel))

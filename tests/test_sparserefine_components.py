@@ -238,3 +238,30 @@ def test_gated_ensembler_starts_as_identity_fuser():
     gated = GatedEnsembler(5)
     x = torch.randn(7, 5)
     assert torch.allclose(gated.fuser(x), x, atol=1e-6)
+
+
+def test_split_outputs_on_the_lr_grid_equal_the_full_resolution_definitions():
+    """prediction / entropy / errors are computed on the LR grid and upsampled: they must equal
+    argmax / entropy_map / lr_errors of the full-resolution logits (void excluded; the entropy up
+    to float rounding)."""
+    from methods.sparserefine.lr_outputs import SplitOutputs
+
+    gen = torch.Generator().manual_seed(3)
+    n, c, h, w, f = 2, 5, 6, 8, 2
+    labels = torch.randint(0, c, (n, h * f, w * f), generator=gen)
+    labels[:, 0, :3] = 255
+    split = SplitOutputs(
+        images=torch.zeros(n, 3, h * f, w * f, dtype=torch.uint8),
+        labels=labels,
+        logits_grid=torch.randn(n, c, h, w, generator=gen).half(),
+        magnitude_grid=torch.ones(n, h, w),
+        factor=f,
+        num_classes=c,
+        names=["a", "b"],
+    )
+    for i in range(n):
+        full = split.logits(i)
+        assert torch.equal(split.prediction(i), full.argmax(1))
+        assert torch.allclose(split.entropy(i), entropy_map(full), rtol=0, atol=1e-6)
+        assert torch.equal(split.errors(i), lr_errors(full, labels[i : i + 1]))
+    assert not split.errors(0)[0, 0, :3].any()

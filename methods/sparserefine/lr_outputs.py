@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from methods.artifacts import cached_artifact
-from methods.sparserefine.selectors import prediction_errors
+from methods.sparserefine.selectors import entropy_map, prediction_errors
 
 Progress = Callable[[str], None]
 PREDICT_BATCH = 4
@@ -51,6 +51,12 @@ class SplitOutputs:
         """Full-resolution LR class map [B, H, W]: the argmax on the LR grid, nearest-upsampled (equal
         to the argmax of ``logits``, at 1/factor² of its cost)."""
         return upsample_nearest(self._logits_on_grid(index).argmax(dim=1), self.factor)
+
+    def entropy(self, index: int | slice | list[int]) -> torch.Tensor:
+        """Full-resolution entropy of the LR prediction [B, H, W], computed on the LR grid and
+        nearest-upsampled: ``entropy_map(logits)`` at 1/factor² of its cost, equal up to the last bit
+        of a vectorised tail (bit-identical on the embedded 512x1024 splits, checked)."""
+        return upsample_nearest(entropy_map(self._logits_on_grid(index)), self.factor)
 
     def errors(self, index: int) -> torch.Tensor:
         """Pixels [1, H, W] the LR prediction of image ``index`` gets wrong (void never counts)."""

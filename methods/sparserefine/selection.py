@@ -22,7 +22,6 @@ from methods.sparserefine.lr_outputs import SplitOutputs
 from methods.sparserefine.selectors import (
     SELECTORS,
     LearnableSelector,
-    entropy_map,
     lr_errors,
     threshold_for_density,
 )
@@ -127,6 +126,7 @@ class ResolvedSelector:
         self.spec = spec
         self.learnable = learnable
         self.seed = seed
+        self._learnable_scores: dict[tuple[int, int], torch.Tensor] = {}
         if spec.selector == "learnable" and learnable is None:
             raise ValueError("the learnable selector needs its trained model")
         self.target_density = self._target_density(train)
@@ -137,7 +137,7 @@ class ResolvedSelector:
             return float("nan")
         if self.spec.density > 0:
             return self.spec.density
-        selected = sum(int((entropy_map(train.logits(i)) > self.spec.alpha).sum()) for i in range(len(train)))
+        selected = sum(int((train.entropy(i) > self.spec.alpha).sum()) for i in range(len(train)))
         return selected / train.labels.numel()
 
     def _threshold(self, train: SplitOutputs) -> float:
@@ -154,13 +154,17 @@ class ResolvedSelector:
         """Selector scores [1, H, W] (higher = more likely selected)."""
         kind = self.spec.selector
         if kind == "entropy":
-            return entropy_map(split.logits(index))
+            return split.entropy(index)
         if kind == "magnitude":
             return split.magnitude(index)
         if kind == "learnable":
             assert self.learnable is not None
-            with torch.inference_mode():
-                return self.learnable(_normalized(split.images[index : index + 1]), split.logits(index))
+            key = (id(split), index)  # the threshold calibration and the training masks both need them
+            if key not in self._learnable_scores:
+                with torch.inference_mode():
+                    image = _normalized(split.images[index : index + 1])
+                    self._learnable_scores[key] = self.learnable(image, split.logits(index))
+            return self._learnable_scores[key]
         raise ValueError(f"selector {kind!r} has no scores")
 
     def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> torch.Tensor:

@@ -190,7 +190,7 @@ def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
 )
 def selector_curve_trial(ctx: TrialContext) -> None:
     from methods.sparserefine.experiment import selection_spec
-    from methods.sparserefine.selectors import SelectionCounts, entropy_map, lr_errors
+    from methods.sparserefine.selectors import SelectionCounts
 
     exp = _experiment(ctx)
     kind = ctx.params["selector"]
@@ -201,9 +201,7 @@ def selector_curve_trial(ctx: TrialContext) -> None:
         alphas = torch.logspace(-4, math.log10(top), ctx.params["points"]).tolist()
         counts = {a: SelectionCounts() for a in alphas}
         for i in range(len(val)):
-            logits = val.logits(i)
-            errors = lr_errors(logits, val.labels[i : i + 1])
-            entropy = entropy_map(logits)
+            errors, entropy = val.errors(i), val.entropy(i)
             for a in alphas:
                 counts[a].update(entropy > a, errors)
         points = [{"threshold": a, **c.as_dict()} for a, c in counts.items()]
@@ -361,11 +359,11 @@ def _paper_grid_pixels(exp, model, batch_size: int, precision: str, device: str)
 
     from methods.datasets import normalize
     from methods.sparserefine.refiner import gather_pixels
-    from methods.sparserefine.selectors import entropy_map, threshold_for_density
+    from methods.sparserefine.selectors import threshold_for_density
 
     val = exp.val
     idx = [i % len(val) for i in range(batch_size)]
-    entropy = F.interpolate(entropy_map(val.logits(idx)).unsqueeze(1), size=PAPER_GRID, mode="bilinear")[:, 0]
+    entropy = F.interpolate(val.entropy(idx).unsqueeze(1), size=PAPER_GRID, mode="bilinear")[:, 0]
     mask = entropy > threshold_for_density(entropy, PAPER_DENSITY)
     images = F.interpolate(normalize(val.images[idx]), size=PAPER_GRID, mode="bilinear")
     logits = F.interpolate(val.logits(idx), size=PAPER_GRID, mode="nearest")

@@ -1,10 +1,10 @@
 # Quick start: `make run` (set up if needed, then the main job) and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS := sparse,mmseg,knn,dev
-# The stamp changes with pyproject.toml, so a changed dependency list re-installs; otherwise set-up
-# is a no-op.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+EXTRAS := sparse,mmseg,knn,postgres,cluster,dev
+# The stamp changes with pyproject.toml and EXTRAS, so a changed dependency list re-installs; otherwise
+# set-up is a no-op.
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo "$(EXTRAS)") | sha1sum | cut -c1-12)
 
 .PHONY: setup run test lint format clean-results
 
@@ -32,4 +32,4 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 clean-results:
-	rm -rf results/harness.db* results/artifacts results/cache reports/*.pdf reports/*.md reports/*.tex
+	rm -rf results/harness.db* results/artifacts results/cache reports/*.pdf reports/*.md reports/*.tex reports/*.html reports/*.png

@@ -10,11 +10,14 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from harness.errors import UserError
+from harness.redact import mask_command, one_line
 from harness.registry import all_trials, get_trial
 
 EXIT_OK, EXIT_REGRESSION_OR_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_REPORT_FORMATS = "pdf,md,tex,html"
 
 out = Console()
 err = Console(stderr=True)
@@ -93,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         artifacts_dir=Path(args.artifacts),
         show_progress=not args.no_progress,
+        trust_checkpoints=args.trust_checkpoints,
     )
     units = select_units(suite.units(args.scale), args.only)
     if args.dry_run:
@@ -105,60 +109,98 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not units:
         raise UserError(f"{args.suite}: --only {args.only!r} matches no unit")
-    store = open_store(args.db)
-    summary = run_suite(suite, store, options, err, command=" ".join(["harness", *sys.argv[1:]]))
+    command = mask_command(["harness", *sys.argv[1:]])
+    if args.executor == "inline":
+        for flag, given in (("--workers", args.workers != 1), ("--slurm", args.slurm), ("--detach", args.detach)):
+            if given:
+                raise UserError(f"{flag} needs --executor local or slurm")
+        store = open_store(args.db)
+        summary = run_suite(suite, store, options, err, command=command)
+    else:
+        store, summary = _run_on_executor(args, suite, options, command)
+        if summary is None:
+            return EXIT_OK
     out.print(summary_table(summary, f"{suite.name} ({args.scale})"))
     if args.report:
         from harness.reports import build_report
 
-        paths = build_report(store, Path(args.suite), None, ["pdf", "md"], Path(args.report_dir))
+        paths = build_report(store, Path(args.suite), None, ["pdf", "md", "html"], Path(args.report_dir))
         for p in paths:
             out.print(f"report: {p}")
     return EXIT_REGRESSION_OR_FAILURE if summary.has_failures else EXIT_OK
 
 
+def _run_on_executor(args: argparse.Namespace, suite: Any, options: Any, command: str) -> tuple[Any, Any]:
+    """``harness run --executor local|slurm``: submit the pending units as jobs; wait and return the
+    store and the summary, or (``--detach``) print the job ids and return the store and None."""
+    from harness.cluster import (
+        ClusterOptions,
+        check_executor,
+        parse_slurm_options,
+        shared_db_url,
+        submit_suite,
+        wait_for,
+    )
+    from harness.store import resolve_url
+
+    if args.slurm and args.executor != "slurm":
+        raise UserError("--slurm needs --executor slurm")
+    if args.detach and args.report:
+        raise UserError("--report needs the results: drop --detach, or run harness report when the jobs are done")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be at least 1")
+    slurm = parse_slurm_options(args.slurm) if args.executor == "slurm" else {}
+    shared_db_url(resolve_url(args.db), args.executor, args.allow_sqlite)  # refuse SQLite for Slurm before opening it
+    check_executor(args.executor)
+    cluster = ClusterOptions(executor=args.executor, workers=args.workers, slurm=slurm, detach=args.detach,
+                             allow_sqlite=args.allow_sqlite, folder=Path(args.submitit_dir))  # fmt: skip
+    store = open_store(args.db)
+    submitted = submit_suite(suite, store, options, cluster, err, command=command)
+    if submitted.jobs:
+        err.print(f"run {submitted.run_id}: {len(submitted.pending)} unit(s) in {len(submitted.jobs)} {args.executor} "
+                  f"job(s) {', '.join(submitted.job_ids)}; database {store.display_url}; logs {submitted.folder}",
+                  highlight=False)  # fmt: skip
+    if args.detach:
+        out.print(
+            f"run {submitted.run_id}: submitted job(s) {' '.join(submitted.job_ids) or '(none: nothing pending)'}"
+        )
+        out.print(f"progress: harness status {submitted.run_id}", highlight=False)
+        return store, None
+    return store, wait_for(submitted, store, err, show_progress=not args.no_progress, poll_s=cluster.poll_s)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.cluster import status_table
+
+    store = open_store(args.db, create=False)
+    headline, table = status_table(store, args.run_id)
+    out.print(headline, highlight=False)
+    out.print(table)
+    return EXIT_OK
+
+
 def _results_frame(store: Any, target: str | None) -> Any:
-    import pandas as pd
+    from harness.results import results_frame
 
-    if target is None:
-        rows = store.results(latest_per_unit=False)
-    elif target.isdigit():
-        if store.get_run(int(target)) is None:
-            raise UserError(f"no run with id {target}")
-        rows = store.results(run_id=int(target), latest_per_unit=False)
-    else:
-        from harness.suite import suite_name_of
-
-        name = suite_name_of(target)
-        rows = store.results(suite=name)
-        if not rows:
-            raise UserError(f"no results stored for suite {name!r}")
-    flat = []
-    for r in rows:
-        row = {k: r[k] for k in ("run_id", "suite", "trial", "label", "section", "precision", "batch_size",
-                                 "device", "status")}  # fmt: skip
-        row.update({f"p.{k}": v for k, v in r["params"].items()})
-        # a metric named like a column (the selectors' "precision") must not overwrite the axis
-        row.update({(f"metric.{m}" if m in row else m): v["value"] for m, v in r["metrics"].items()})
-        row["error"] = r["error"]
-        flat.append(row)
-    return pd.DataFrame(flat)
+    if target is not None and target.isdigit():
+        return results_frame(store, run=int(target))
+    return results_frame(store, target)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     store = open_store(args.db, create=False)
     frame = _results_frame(store, args.target)
-    if args.format == "csv":
-        sys.stdout.write(frame.to_csv(index=False))
-    elif args.format == "json":
-        sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
-    else:
-        table = Table(title=f"results: {args.target or 'all'}")
-        for col in frame.columns:
-            table.add_column(str(col), overflow="fold")
-        for _, row in frame.iterrows():
-            table.add_row(*[_fmt(v) for v in row.tolist()])
-        out.print(table)
+    if args.format != "table":
+        from harness.results import write_frame
+
+        write_frame(frame, args.format, Path(args.out) if args.out else None)
+        return EXIT_OK
+    table = Table(title=f"results: {args.target or 'all'}")
+    for col in frame.columns:
+        table.add_column(str(col), overflow="fold")
+    for _, row in frame.iterrows():
+        table.add_row(*[_fmt(v) for v in row.tolist()])
+    out.print(table)
     return EXIT_OK
 
 
@@ -192,9 +234,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError("report: give a suite file or --run ID (one of them)")
     if args.suite is not None:
         _load_suite(args.suite)
+    if args.history and args.suite is None:
+        raise UserError("report --history: give a suite file (the history spans its runs)")
     store = open_store(args.db, create=False)
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    paths = build_report(store, Path(args.suite) if args.suite else None, args.run, formats, Path(args.out))
+    paths: list[Path] = []
+    if args.format is not None or not args.history:
+        formats = [f.strip() for f in (args.format or DEFAULT_REPORT_FORMATS).split(",") if f.strip()]
+        paths = build_report(store, Path(args.suite) if args.suite else None, args.run, formats, Path(args.out))
+    if args.history:
+        from harness.reports.history import build_history_report
+
+        paths.append(build_history_report(store, Path(args.suite), Path(args.out)))
     for p in paths:
         out.print(str(p))
     return EXIT_OK
@@ -215,7 +265,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     load_methods()
     store = open_store(args.db, create=False)
     return run_check(store, args.target, Path(args.baseline), out, min_effect=args.min_effect,
-                     accuracy_tolerance=args.tolerance, alpha=args.alpha)  # fmt: skip
+                     accuracy_tolerance=args.tolerance, alpha=args.alpha, rounds=args.rounds, ab=not args.no_ab,
+                     artifacts=Path(args.artifacts))  # fmt: skip
 
 
 def cmd_baseline_save(args: argparse.Namespace) -> int:
@@ -223,7 +274,7 @@ def cmd_baseline_save(args: argparse.Namespace) -> int:
 
     load_methods()
     store = open_store(args.db, create=False)
-    path = save_baseline(store, args.target, Path(args.out))
+    path = save_baseline(store, args.target, Path(args.out), allow_dirty=args.allow_dirty)
     out.print(f"baseline written: {path}")
     return EXIT_OK
 
@@ -241,7 +292,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, as for every bad input
-        err.print(f"harness: error: {message}", highlight=False, soft_wrap=True, markup=False)
+        err.print(f"harness: error: {one_line(message)}", highlight=False, soft_wrap=True, markup=False)
         sys.exit(EXIT_BAD_INPUT)
 
 
@@ -278,13 +329,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     s.add_argument("--artifacts", default="results/artifacts", help="where trained artifacts are cached")
     s.add_argument("--no-progress", action="store_true")
-    s.add_argument("--report", action="store_true", help="write the suite's report (pdf, md) afterwards")
+    s.add_argument("--trust-checkpoints", action="store_true",
+                   help="fully unpickle user checkpoints that need types outside the safe allow-list "
+                        "(runs their code: only for files from a source you trust; recorded in the run)")  # fmt: skip
+    s.add_argument("--report", action="store_true", help="write the suite's report (pdf, md, html) afterwards")
     s.add_argument("--report-dir", default="reports")
+    s.add_argument("--executor", default="inline", choices=("inline", "local", "slurm"),
+                   help="inline: units run in this process (default); local/slurm: submitit jobs that share the "
+                        "database (PostgreSQL for slurm)")  # fmt: skip
+    s.add_argument("--workers", type=int, default=1, help="number of jobs the pending units are split into")
+    s.add_argument("--slurm", metavar="KEY=VALUE,...",
+                   help="submitit Slurm parameters, e.g. partition=gpu,gpus_per_node=1,timeout_min=240,"
+                        "array_parallelism=8")  # fmt: skip
+    s.add_argument("--detach", action="store_true", help="submit the jobs, print their ids and return")
+    s.add_argument("--allow-sqlite", action="store_true",
+                   help="let --executor slurm use SQLite (only if every job runs on this one node)")  # fmt: skip
+    s.add_argument("--submitit-dir", default="results/submitit", help="job pickles and logs (shared filesystem)")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("status", help="progress of a run: units done, failed and pending, and its jobs")
+    s.add_argument("run_id", type=int)
+    s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("show", help="show stored results of a run id or a suite")
     s.add_argument("target", nargs="?")
-    s.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    s.add_argument("--format", default="table", choices=("table", "csv", "json", "parquet"))
+    s.add_argument("--out", help="write csv/json/parquet to this file instead of stdout")
     s.set_defaults(fn=cmd_show)
 
     s = sub.add_parser("runs", help="list runs")
@@ -294,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="render a suite's tables and figures beside the paper's numbers")
     s.add_argument("suite", nargs="?")
     s.add_argument("--run", type=int)
-    s.add_argument("--format", default="pdf,md,tex")
+    s.add_argument("--format", help=f"comma-separated: pdf, md, tex, html (default: {DEFAULT_REPORT_FORMATS})")
+    s.add_argument(
+        "--history", action="store_true", help="write <suite>-history.html: gated metrics across runs (+ --format)"
+    )
     s.add_argument("--out", default="reports")
     s.set_defaults(fn=cmd_report)
 
@@ -306,9 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="regression gate against a committed baseline (exit 1 on regression)")
     s.add_argument("target", help="run id or suite file/name (latest run)")
     s.add_argument("--baseline", required=True)
-    s.add_argument("--min-effect", type=float, default=None, help="minimum relative latency change (0.10)")
-    s.add_argument("--tolerance", type=float, default=None, help="absolute accuracy tolerance, points (0.3)")
-    s.add_argument("--alpha", type=float, default=None, help="significance level of the U test (0.01)")
+    s.add_argument("--min-effect", type=float, default=None, help="minimum relative latency change (suite's gate)")
+    s.add_argument("--tolerance", type=float, default=None, help="absolute accuracy tolerance, points (suite's gate)")
+    s.add_argument("--alpha", type=float, default=None, help="significance level of the A/B t-test (suite's gate)")
+    s.add_argument("--rounds", type=int, default=None, help="A/B rounds (suite's gate)")
+    s.add_argument("--no-ab", action="store_true", help="skip the same-machine A/B: latency is then not gated")
+    s.add_argument("--artifacts", default="results/artifacts", help="trained artifacts of the current tree")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("baseline", help="baseline files for the gate")
@@ -316,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("save", parents=[common], help="write a reviewable baseline file from a run")
     b.add_argument("target", help="run id or suite file/name (latest run)")
     b.add_argument("--out", required=True)
+    b.add_argument("--allow-dirty", action="store_true", help="save from a run made on a dirty tree")
     b.set_defaults(fn=cmd_baseline_save)
 
     s = sub.add_parser("db", help="database maintenance")
@@ -331,8 +408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return fn(args)
     except UserError as exc:
-        err.print(f"harness: error: {exc}", highlight=False, soft_wrap=True, markup=False)
+        err.print(f"harness: error: {one_line(str(exc))}", highlight=False, soft_wrap=True, markup=False)
         return EXIT_BAD_INPUT
+    except SQLAlchemyError as exc:  # a database gone mid-command: one masked line, not a traceback
+        reason = one_line(str(getattr(exc, "orig", None) or exc))
+        err.print(f"harness: database error: {reason}", highlight=False, soft_wrap=True, markup=False)
+        return EXIT_REGRESSION_OR_FAILURE
     except KeyboardInterrupt:
         err.print("harness: interrupted")
         return 130

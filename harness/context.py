@@ -27,7 +27,8 @@ class TrialContext:
 
     ``scale`` holds the suite's settings for the selected scale (resolution, iteration counts...),
     ``dataset`` the suite's dataset settings merged with the scale's, ``artifacts_dir`` the place for
-    cached training artifacts.
+    cached training artifacts. ``trust_checkpoints`` (``--trust-checkpoints``) is what a trial passes
+    as ``trusted`` to :func:`methods.safe_load.safe_torch_load` for a checkpoint the user names.
     """
 
     spec: TrialSpec
@@ -41,6 +42,7 @@ class TrialContext:
     seed: int = 0
     timing: TimingConfig = field(default_factory=TimingConfig)
     artifacts_dir: Path = Path("results/artifacts")
+    trust_checkpoints: bool = False
     metrics: dict[str, RecordedMetric] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[str], None] = field(default=lambda message: None)

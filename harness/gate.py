@@ -1,80 +1,65 @@
 """Regression gate: compare a run with a committed baseline file.
 
-Latency is compared *normalized*: each unit's samples are divided by the median of a reference
-unit measured in the same run (the suite's ``gate.reference``), so machine speed cancels. A
-latency change is a regression only if a Mann–Whitney U test on the normalized samples says the
-distributions differ (p < alpha, as asv does) AND the ratio of normalized medians exceeds the
-minimum effect size (default 10%). Accuracy-like metrics (everything with a direction that is not
-a time) are deterministic on CPU with fixed seeds: they are compared with an absolute tolerance
-(default 0.3 points). Metrics whose direction is "none" are informational and never gate, and so are
-times derived without samples (e.g. a per-site latency computed from a measured one): neither
-deterministic nor testable, they would only restate the load of the machine.
+**Latency** is never compared across runs: samples taken on another machine, day or load share
+that run's conditions, so any drift looks significant. It is gated by a same-machine A/B
+(:mod:`harness.ab`): the baseline's commit (from the baseline file's provenance) and the current
+tree measured here, interleaved in rounds. A latency change is a regression when the geometric mean
+of the per-round ratios exceeds ``1 + min_effect`` and a t-test over the rounds' log ratios gives
+p < ``alpha``. ``min_effect`` comes from measured A/A variation (``benchmarks/gate_aa.py``). When
+the A/B cannot be made (the commit is not in a shallow clone, ``--no-ab``), the check says so and
+gates the other metrics only.
 
-Units are matched by identity: trial, section, label and axes, plus the parameters when the unit
-has no label (label the units you gate, so a test-only parameter can change without changing
-identity).
+**Other metrics with a direction** (accuracy, recall...) are deterministic on CPU with fixed seeds:
+the run's values are compared with the baseline's within an absolute tolerance. Metrics whose
+direction is "none" are informational, and so are times derived without samples.
+
+**Completeness**: a baseline unit or metric missing from the run, a NaN or infinite value, and a
+unit that was ok and now is not are failures, each named. Units added since the baseline are
+reported, not failed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import statistics
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
-from scipy.stats import mannwhitneyu
 
+from harness.ab import ABPlan, ABResult, ABUnavailable, run_ab, unit_identity
 from harness.errors import UserError
+from harness.redact import mask_tree
 from harness.store import Store
-from harness.suite import load_suite, suite_name_of
+from harness.suite import GateSettings, load_suite, suite_name_of
 
-BASELINE_FORMAT = 1
-DEFAULTS = {"min_effect": 0.10, "accuracy_tolerance": 0.3, "alpha": 0.01}
+BASELINE_FORMAT = 2
 TIME_UNITS = ("s", "ms", "us", "ns")
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    min_effect: float = DEFAULTS["min_effect"]
-    accuracy_tolerance: float = DEFAULTS["accuracy_tolerance"]
-    alpha: float = DEFAULTS["alpha"]
-    reference: dict[str, Any] = field(default_factory=dict)
-    per_metric: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def for_metric(self, name: str) -> tuple[float, float]:
-        override = self.per_metric.get(name, {})
-        return (
-            float(override.get("min_effect", self.min_effect)),
-            float(override.get("accuracy_tolerance", self.accuracy_tolerance)),
-        )
+FAILING = ("regression", "missing", "invalid")
 
 
 @dataclass
 class Verdict:
     unit: str
     metric: str
-    verdict: str  # regression | improvement | unchanged | missing | new | failed
+    verdict: str  # regression | missing | invalid | improvement | unchanged | new | not gated
     baseline: float | None
     current: float | None
     change: str
     detail: str
 
+    @property
+    def fails(self) -> bool:
+        return self.verdict in FAILING
+
 
 def identity(row: dict[str, Any]) -> str:
-    parts: dict[str, Any] = {
-        "trial": row["trial"],
-        "section": row.get("section", ""),
-        "label": row.get("label", ""),
-        "axes": [row["precision"], row["batch_size"], row["device"]],
-    }
-    if not row.get("label"):
-        parts["params"] = row["params"]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return unit_identity(row["trial"], row.get("section", ""), row.get("label", ""), row["params"],
+                         row["precision"], row["batch_size"], row["device"])  # fmt: skip
 
 
 def describe(row: dict[str, Any]) -> str:
@@ -82,12 +67,14 @@ def describe(row: dict[str, Any]) -> str:
     return f"{row['trial']} [{name}] {row['precision']} b{row['batch_size']} {row['device']}"
 
 
-def _matches(row: dict[str, Any], selector: dict[str, Any]) -> bool:
-    for key, want in selector.items():
-        have = row["params"].get(key, row.get(key))
-        if have != want:
-            return False
-    return True
+def is_timed(metric: dict[str, Any]) -> bool:
+    """A latency measured with raw samples: gated by the A/B, never by stored values."""
+    return metric["unit"] in TIME_UNITS and bool(metric.get("samples"))
+
+
+def is_gated_value(metric: dict[str, Any]) -> bool:
+    """A deterministic metric compared with the baseline's value."""
+    return metric["better"] != "none" and metric["unit"] not in TIME_UNITS
 
 
 # --- collecting a run ----------------------------------------------------------------------------
@@ -121,37 +108,8 @@ def collect(store: Store, target: str) -> tuple[str, list[dict[str, Any]], dict[
     return suite, rows, prov
 
 
-def load_settings(suite_path: Path | None, overrides: dict[str, float | None]) -> GateSettings:
-    raw: dict[str, Any] = {}
-    if suite_path is not None and suite_path.exists():
-        raw = dict(load_suite(suite_path).raw.get("gate") or {})
-    settings = GateSettings(
-        min_effect=float(raw.get("min_effect", DEFAULTS["min_effect"])),
-        accuracy_tolerance=float(raw.get("accuracy_tolerance", DEFAULTS["accuracy_tolerance"])),
-        alpha=float(raw.get("alpha", DEFAULTS["alpha"])),
-        reference=dict(raw.get("reference") or {}),
-        per_metric={k: dict(v) for k, v in (raw.get("metrics") or {}).items()},
-    )
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return GateSettings(**{**settings.__dict__, **given}) if given else settings
-
-
-def _reference_medians(rows: list[dict[str, Any]], selector: dict[str, Any]) -> dict[int, float]:
-    """Median latency of the reference unit in each run (run id -> ms)."""
-    out: dict[int, float] = {}
-    if not selector:
-        return out
-    for row in rows:
-        lat = row["metrics"].get("latency")
-        if row["status"] == "ok" and lat and _matches(row, selector):
-            out[row["run_id"]] = statistics.median(lat["samples"]) if lat.get("samples") else lat["value"]
-    return out
-
-
-def snapshot(rows: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Units by identity, each latency metric with samples normalized by its run's reference."""
-    refs = _reference_medians(rows, reference)
-    latest_ref = refs[max(refs)] if refs else None
+def snapshot(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Units by identity, with their status, metrics and raw samples."""
     units: dict[str, dict[str, Any]] = {}
     for row in rows:
         metrics = {}
@@ -159,9 +117,6 @@ def snapshot(rows: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str,
             entry: dict[str, Any] = {"value": m["value"], "unit": m["unit"], "better": m["better"]}
             if m.get("samples"):
                 entry["samples"] = [round(s, 6) for s in m["samples"]]
-                ref = refs.get(row["run_id"], latest_ref)
-                if ref:
-                    entry["reference_median"] = round(ref, 6)
             metrics[name] = entry
         units[identity(row)] = {
             "unit": describe(row),
@@ -174,7 +129,6 @@ def snapshot(rows: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str,
             "device": row["device"],
             "status": row["status"],
             "error": row["error"],
-            "is_reference": bool(reference) and _matches(row, reference),
             "metrics": metrics,
         }
     return units
@@ -189,19 +143,24 @@ def suite_file_for(target: str, suite: str) -> Path | None:
     return path if path.exists() else None
 
 
-def save_baseline(store: Store, target: str, out: Path) -> Path:
+def save_baseline(store: Store, target: str, out: Path, *, allow_dirty: bool = False) -> Path:
     suite, rows, prov = collect(store, target)
-    settings = load_settings(suite_file_for(target, suite), {})
+    if prov["git_dirty"] and not allow_dirty:
+        raise UserError(
+            f"run {prov['run_id']} was made on a dirty tree (commit {prov['git_sha'][:12]} plus uncommitted "
+            "changes): the A/B gate could not re-measure that code. Commit, re-run, then save; or pass --allow-dirty"
+        )
+    if not prov["git_sha"]:
+        raise UserError(f"run {prov['run_id']} records no git commit: the A/B gate needs one (run from a git clone)")
     data = {
         "format": BASELINE_FORMAT,
         "suite": suite,
         "saved_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "provenance": prov,
-        "reference": settings.reference,
-        "units": snapshot(rows, settings.reference),
+        "units": snapshot(rows),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    out.write_text(json.dumps(mask_tree(data), indent=1, sort_keys=True) + "\n")  # no password in a baseline
     return out
 
 
@@ -212,7 +171,7 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise UserError(f"baseline file {path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"baseline file {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
-    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT or "units" not in data:
+    if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT or not isinstance(data.get("units"), dict):
         raise UserError(f"baseline file {path} is not a harness baseline (format {BASELINE_FORMAT})")
     return data
 
@@ -220,33 +179,8 @@ def load_baseline(path: Path) -> dict[str, Any]:
 # --- comparison ----------------------------------------------------------------------------------
 
 
-def _normalized(entry: dict[str, Any]) -> list[float] | None:
-    ref = entry.get("reference_median")
-    samples = entry.get("samples")
-    if not samples:
-        return None
-    return [s / ref for s in samples] if ref else list(samples)
-
-
-def compare_latency(base: dict[str, Any], cur: dict[str, Any], min_effect: float, alpha: float) -> tuple[str, str, str]:
-    b, c = _normalized(base), _normalized(cur)
-    if b is None or c is None:
-        return "unchanged", "", "no samples"
-    ratio = statistics.median(c) / statistics.median(b)
-    kind = "normalized" if base.get("reference_median") and cur.get("reference_median") else "absolute"
-    if len(b) < 3 or len(c) < 3:
-        p = 0.0 if abs(ratio - 1) > min_effect else 1.0
-        test = "too few samples for a U test"
-    else:
-        p = float(mannwhitneyu(c, b, alternative="two-sided").pvalue)
-        test = f"U-test p={p:.2g}"
-    detail = f"{kind} median ratio {ratio:.3f}, {test}, n={len(b)}/{len(c)}"
-    change = f"{(ratio - 1) * 100:+.1f}%"
-    if p < alpha and ratio > 1 + min_effect:
-        return "regression", change, detail
-    if p < alpha and ratio < 1 / (1 + min_effect):
-        return "improvement", change, detail
-    return "unchanged", change, detail
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def compare_value(base: dict[str, Any], cur: dict[str, Any], tolerance: float) -> tuple[str, str, str]:
@@ -261,7 +195,85 @@ def compare_value(base: dict[str, Any], cur: dict[str, Any], tolerance: float) -
     return "unchanged", change, detail
 
 
-def compare(baseline: dict[str, Any], current: dict[str, dict[str, Any]], settings: GateSettings) -> list[Verdict]:
+def compare_ab(result: ABResult, min_effect: float, alpha: float) -> tuple[str, str, str]:
+    """Verdict on one timed metric from its A/B rounds."""
+    n = len(result.log_ratios)
+    if n < 2:
+        return "not gated", "", f"only {n} A/B round(s) measured"
+    ratio, p = result.ratio(), result.p_value()
+    detail = f"A/B ratio {ratio:.3f} over {n} rounds, t-test p={p:.2g}, min effect {min_effect:.0%}"
+    change = f"{(ratio - 1) * 100:+.1f}%"
+    if p < alpha and ratio > 1 + min_effect:
+        return "regression", change, detail
+    if p < alpha and ratio < 1 / (1 + min_effect):
+        return "improvement", change, detail
+    return "unchanged", change, detail
+
+
+@dataclass
+class ABOutcome:
+    """What the A/B gave: results by (identity, metric), or why it was not made."""
+
+    results: dict[tuple[str, str], ABResult]
+    unavailable: str = ""
+    notes: tuple[str, ...] = ()
+
+
+def _unit_verdicts(
+    name: str, ident: str, base_unit: dict[str, Any], cur_unit: dict[str, Any], settings: GateSettings, ab: ABOutcome
+) -> list[Verdict]:
+    if base_unit["status"] == "ok" and cur_unit["status"] != "ok":
+        return [Verdict(name, "-", "regression", None, None, f"ok -> {cur_unit['status']}", cur_unit["error"][:200])]
+    if cur_unit["status"] != "ok":
+        return [Verdict(name, "-", "unchanged", None, None, cur_unit["status"], "not ok in the baseline either")]
+    broken = ab.results.get((ident, "*"))
+    out: list[Verdict] = []
+    for metric, bm in base_unit["metrics"].items():
+        cm = cur_unit["metrics"].get(metric)
+        if cm is None:
+            out.append(Verdict(name, metric, "missing", bm["value"], None, "", "metric not recorded by this run"))
+            continue
+        if not _finite(cm["value"]):
+            out.append(Verdict(name, metric, "invalid", bm["value"], cm["value"], "", "not a finite number"))
+            continue
+        min_effect, tolerance = settings.for_metric(metric)
+        if is_timed(bm):
+            out.append(_timed_verdict(name, ident, metric, bm, cm, broken, ab, min_effect, settings.alpha))
+        elif is_gated_value(bm):
+            verdict, change, detail = compare_value(bm, cm, tolerance)
+            out.append(Verdict(name, metric, verdict, bm["value"], cm["value"], change, detail))
+    return out
+
+
+def _timed_verdict(
+    name: str,
+    ident: str,
+    metric: str,
+    bm: dict[str, Any],
+    cm: dict[str, Any],
+    broken: ABResult | None,
+    ab: ABOutcome,
+    min_effect: float,
+    alpha: float,
+) -> Verdict:
+    if ab.unavailable:
+        return Verdict(name, metric, "not gated", bm["value"], cm["value"], "", f"no A/B: {ab.unavailable}")
+    if broken is not None:
+        verdict = "regression" if broken.failed_side == "head" else "not gated"
+        return Verdict(name, metric, verdict, bm["value"], cm["value"], "", f"A/B {broken.failed_side}: {broken.error}")
+    result = ab.results.get((ident, metric))
+    if result is None:
+        return Verdict(name, metric, "not gated", bm["value"], cm["value"], "", "not measured by the A/B")
+    verdict, change, detail = compare_ab(result, min_effect, alpha)
+    base_ms = sorted(result.base)[len(result.base) // 2] if result.base else None
+    head_ms = sorted(result.head)[len(result.head) // 2] if result.head else None
+    return Verdict(name, metric, verdict, base_ms, head_ms, change, detail)
+
+
+def compare(
+    baseline: dict[str, Any], current: dict[str, dict[str, Any]], settings: GateSettings, ab: ABOutcome | None = None
+) -> list[Verdict]:
+    ab = ab or ABOutcome({}, unavailable="not run")
     verdicts: list[Verdict] = []
     for ident, base_unit in sorted(baseline["units"].items(), key=lambda kv: kv[1]["unit"]):
         cur_unit = current.get(ident)
@@ -269,33 +281,44 @@ def compare(baseline: dict[str, Any], current: dict[str, dict[str, Any]], settin
         if cur_unit is None:
             verdicts.append(Verdict(name, "-", "missing", None, None, "", "unit not in this run"))
             continue
-        if base_unit["status"] == "ok" and cur_unit["status"] != "ok":
-            verdicts.append(Verdict(name, "-", "regression", None, None, cur_unit["status"], cur_unit["error"][:120]))
-            continue
-        if cur_unit["status"] != "ok":
-            verdicts.append(
-                Verdict(name, "-", "unchanged", None, None, cur_unit["status"], "not ok in baseline either")
-            )
-            continue
-        for metric, bm in base_unit["metrics"].items():
-            cm = cur_unit["metrics"].get(metric)
-            if cm is None:
-                verdicts.append(Verdict(name, metric, "missing", bm["value"], None, "", "metric not recorded"))
-                continue
-            if bm["better"] == "none" or (bm["unit"] in TIME_UNITS and not bm.get("samples")):
-                continue
-            min_effect, tolerance = settings.for_metric(metric)
-            if bm.get("samples") and bm["unit"] == "ms":
-                if base_unit.get("is_reference"):
-                    continue  # the yardstick itself: judged only through the units it normalizes
-                verdict, change, detail = compare_latency(bm, cm, min_effect, settings.alpha)
-            else:
-                verdict, change, detail = compare_value(bm, cm, tolerance)
-            verdicts.append(Verdict(name, metric, verdict, bm["value"], cm["value"], change, detail))
+        verdicts.extend(_unit_verdicts(name, ident, base_unit, cur_unit, settings, ab))
     for ident, cur_unit in current.items():
         if ident not in baseline["units"]:
             verdicts.append(Verdict(cur_unit["unit"], "-", "new", None, None, "", "not in the baseline"))
     return verdicts
+
+
+def timed_identities(baseline: dict[str, Any]) -> list[str]:
+    """Baseline units that were ok and have a timed metric: what the A/B measures."""
+    return [
+        ident
+        for ident, unit in sorted(baseline["units"].items())
+        if unit["status"] == "ok" and any(is_timed(m) for m in unit["metrics"].values())
+    ]
+
+
+def measure_ab(
+    baseline: dict[str, Any], suite_path: Path | None, settings: GateSettings, scale: str, artifacts: Path,
+    console: Console,
+) -> ABOutcome:  # fmt: skip
+    identities = timed_identities(baseline)
+    if not identities:
+        return ABOutcome({}, unavailable="the baseline has no timed unit")
+    if suite_path is None:
+        return ABOutcome({}, unavailable="no suite file to measure (give the suite's path)")
+    base_sha = str(baseline.get("provenance", {}).get("git_sha", ""))
+    plan = ABPlan(suite=suite_path, scale=scale, base_sha=base_sha, identities=identities, rounds=settings.rounds,
+                  warmup_rounds=settings.warmup_rounds, artifacts=artifacts)  # fmt: skip
+    console.print(
+        f"A/B: {len(identities)} timed units, baseline commit {base_sha[:12]} vs the current tree, "
+        f"{settings.warmup_rounds} warm-up + {settings.rounds} rounds"
+    )
+    try:
+        with console.status("A/B") as status:
+            results, notes = run_ab(plan, lambda message: status.update(str(message)))
+    except ABUnavailable as exc:
+        return ABOutcome({}, unavailable=str(exc))
+    return ABOutcome(results, notes=tuple(notes))
 
 
 def run_check(
@@ -307,32 +330,48 @@ def run_check(
     min_effect: float | None = None,
     accuracy_tolerance: float | None = None,
     alpha: float | None = None,
+    rounds: int | None = None,
+    ab: bool = True,
+    artifacts: Path = Path("results/artifacts"),
 ) -> int:
     baseline = load_baseline(baseline_path)
     suite, rows, prov = collect(store, target)
     if suite != baseline["suite"]:
         raise UserError(f"run is of suite {suite!r} but baseline {baseline_path} is of suite {baseline['suite']!r}")
-    settings = load_settings(
-        suite_file_for(target, suite),
-        {"min_effect": min_effect, "accuracy_tolerance": accuracy_tolerance, "alpha": alpha},
+    suite_path = suite_file_for(target, suite)
+    settings = load_suite(suite_path).gate if suite_path is not None else GateSettings()
+    settings = settings.with_overrides(
+        min_effect=min_effect, accuracy_tolerance=accuracy_tolerance, alpha=alpha, rounds=rounds
     )
-    if not settings.reference and baseline.get("reference"):
-        settings = GateSettings(**{**settings.__dict__, "reference": baseline["reference"]})
-    verdicts = compare(baseline, snapshot(rows, settings.reference), settings)
+    if ab:
+        outcome = measure_ab(baseline, suite_path, settings, prov["scale"], artifacts, console)
+    else:
+        outcome = ABOutcome({}, unavailable="--no-ab given")
+    verdicts = compare(baseline, snapshot(rows), settings, outcome)
     render(verdicts, console, f"{suite}: run {prov['run_id']} vs baseline {baseline_path}")
-    return 1 if any(v.verdict == "regression" for v in verdicts) else 0
+    if outcome.unavailable:
+        console.print(f"[yellow]latency NOT gated[/]: {escape(outcome.unavailable)}; the other metrics are")
+    for note in outcome.notes:
+        console.print(f"A/B note: {escape(note)}")
+    failing = [v for v in verdicts if v.fails]
+    for v in failing:
+        console.print(
+            f"[bold red]{v.verdict}[/]: {escape(v.unit)} {escape(v.metric)}: {escape(v.detail)}", highlight=False
+        )
+    return 1 if failing else 0
 
 
 def render(verdicts: list[Verdict], console: Console, title: str) -> None:
     table = Table(title=title)
     for col in ("verdict", "unit", "metric", "baseline", "current", "change", "evidence"):
         table.add_column(col, overflow="fold")
-    style = {"regression": "bold red", "improvement": "green", "unchanged": "dim", "missing": "yellow"}
-    order = {"regression": 0, "missing": 1, "improvement": 2, "new": 3, "unchanged": 4}
-    for v in sorted(verdicts, key=lambda v: order.get(v.verdict, 5)):
+    style = {"regression": "bold red", "missing": "bold red", "invalid": "bold red", "improvement": "green",
+             "unchanged": "dim", "not gated": "yellow"}  # fmt: skip
+    order = {"regression": 0, "missing": 1, "invalid": 2, "not gated": 3, "improvement": 4, "new": 5, "unchanged": 6}
+    for v in sorted(verdicts, key=lambda v: order.get(v.verdict, 7)):
         fmt = lambda x: "" if x is None else f"{x:.4g}"  # noqa: E731
-        table.add_row(f"[{style.get(v.verdict, '')}]{v.verdict}[/]", v.unit, v.metric, fmt(v.baseline),
-                      fmt(v.current), v.change, v.detail)  # fmt: skip
+        table.add_row(f"[{style.get(v.verdict, '')}]{v.verdict}[/]", escape(v.unit), escape(v.metric),
+                      fmt(v.baseline), fmt(v.current), escape(v.change), escape(v.detail))  # fmt: skip
     counts: dict[str, int] = {}
     for v in verdicts:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1

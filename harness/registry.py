@@ -17,6 +17,7 @@ device) it supports::
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -90,12 +91,42 @@ class Param:
 
 @dataclass(frozen=True)
 class Metric:
-    """A quantity a trial yields: name, unit and which direction is better."""
+    """A quantity a trial yields: name, unit and which direction is better.
+
+    A name with ``{placeholder}`` parts declares a family of metrics the trial names at run time
+    (``iou_{class}``: one per class present, the class name with spaces as ``_``); a placeholder
+    stands for one or more of ``[A-Za-z0-9_]``. Such a family must be ``optional`` (no single name of
+    it is recorded by every unit).
+    """
 
     name: str
     unit: str = ""
     better: Better = "none"
     doc: str = ""
+    optional: bool = False  # a unit may end ok without it (e.g. a latency only some parameters measure)
+
+    def __post_init__(self) -> None:
+        if self.is_pattern and not self.optional:
+            raise ValueError(f"metric {self.name!r}: a name pattern must be declared optional=True")
+
+    @property
+    def is_pattern(self) -> bool:
+        return "{" in self.name
+
+    def matches(self, name: str) -> dict[str, str] | None:
+        """The placeholder values if ``name`` is this metric (or one of its family), else None."""
+        if not self.is_pattern:
+            return {} if name == self.name else None
+        found = re.fullmatch(_pattern_regex(self.name), name)
+        return None if found is None else found.groupdict()
+
+
+def _pattern_regex(name: str) -> str:
+    parts = re.split(r"\{(\w+)\}", name)
+    out = []
+    for i, part in enumerate(parts):
+        out.append(re.escape(part) if i % 2 == 0 else f"(?P<{part}>[A-Za-z0-9_]+)")
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,13 @@ class TrialSpec:
             if m.name == name:
                 return m
         return None
+
+    def declares(self, name: str) -> Metric | None:
+        """The declared metric ``name`` is, by its exact name or as one of a pattern's family."""
+        exact = self.metric(name)
+        if exact is not None:
+            return exact
+        return next((m for m in self.metrics if m.is_pattern and m.matches(name) is not None), None)
 
     def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with ``given``; raises ValueError naming the parameter at fault."""

@@ -14,7 +14,7 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,10 @@ from rich.table import Table
 
 from harness.context import TrialContext
 from harness.errors import UnitStatusError, UnitTimeout
+from harness.redact import mask_command, mask_secrets
 from harness.store import Store, UnitRecord, utcnow
 from harness.suite import Suite, Unit
-from harness.timing import check_device, is_oom, is_unsupported_dtype, set_threads
+from harness.timing import NOISY_SPREAD, check_device, is_oom, is_unsupported_dtype, set_threads, timing_noise
 
 TRACKED_PACKAGES = (
     "torch", "numpy", "sqlalchemy", "spconv", "torchsparse", "mmsegmentation", "mmcv-lite", "mmengine",
@@ -46,15 +47,17 @@ class RunOptions:
     threads: int | None = None
     artifacts_dir: Path = Path("results/artifacts")
     show_progress: bool = True
+    trust_checkpoints: bool = False  # --trust-checkpoints: full unpickling of user checkpoints
 
 
 @dataclass
 class UnitOutcome:
     unit: Unit
-    status: str  # ok | failed | oom | unsupported | unavailable | timeout | skipped
+    status: str  # ok | failed | oom | unsupported | unavailable | timeout | skipped | missing (a job ended without it)
     error: str = ""
     seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, tuple[float, ...]] = field(default_factory=dict)  # raw timing samples per timed metric
 
 
 @dataclass
@@ -68,7 +71,7 @@ class RunSummary:
 
     @property
     def has_failures(self) -> bool:
-        return any(o.status in ("failed", "timeout") for o in self.outcomes)
+        return any(o.status in ("failed", "timeout", "missing") for o in self.outcomes)
 
 
 def select_units(units: list[Unit], only: str | None) -> list[Unit]:
@@ -152,12 +155,22 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return exc.status, exc.reason
     if isinstance(exc, UnitTimeout):
         return "timeout", str(exc)
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+    first = mask_secrets((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:500]
     if is_oom(exc):
         return "oom", first
     if is_unsupported_dtype(exc):
         return "unsupported", first
     return "failed", f"{type(exc).__name__}: {first}"
+
+
+def _check_recorded(unit: Unit, ctx: TrialContext) -> tuple[str, str]:
+    """A unit is ok only if it recorded every metric it declares (but the optional ones)."""
+    if not ctx.metrics:
+        return "failed", "trial recorded no metric"
+    missing = [m.name for m in unit.trial.metrics if not m.optional and m.name not in ctx.metrics]
+    if missing:
+        return "failed", f"metric {', '.join(missing)} was not recorded"
+    return "ok", ""
 
 
 def seed_everything(seed: int) -> None:
@@ -184,6 +197,7 @@ def execute_unit(unit: Unit, options: RunOptions, progress: Any = None) -> tuple
         seed=unit.seed,
         timing=unit.timing,
         artifacts_dir=options.artifacts_dir,
+        trust_checkpoints=options.trust_checkpoints,
         progress=progress or (lambda message: None),
     )
     started = utcnow()
@@ -195,11 +209,7 @@ def execute_unit(unit: Unit, options: RunOptions, progress: Any = None) -> tuple
         check_device(unit.device)
         with time_limit(options.timeout):
             unit.trial.fn(ctx)
-        missing = [m.name for m in unit.trial.metrics if m.name not in ctx.metrics]
-        if not ctx.metrics:
-            status, error = "failed", "trial recorded no metric"
-        elif missing:
-            ctx.note("missing_metrics", missing)
+        status, error = _check_recorded(unit, ctx)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - every way a unit can end is a status
@@ -212,7 +222,29 @@ def execute_unit(unit: Unit, options: RunOptions, progress: Any = None) -> tuple
     metrics = [] if status != "ok" else [
         (m.name, m.value, m.unit, m.better, m.samples) for m in ctx.metrics.values()
     ]  # fmt: skip
-    record = UnitRecord(
+    record = unit_record(unit, status, error, ctx.notes, started, ended, metrics)
+    outcome = UnitOutcome(
+        unit=unit,
+        status=status,
+        error=error,
+        seconds=(ended - started).total_seconds(),
+        metrics={m.name: m.value for m in ctx.metrics.values()} if status == "ok" else {},
+        samples={m.name: m.samples for m in ctx.metrics.values() if m.samples} if status == "ok" else {},
+    )
+    return record, outcome
+
+
+def unit_record(
+    unit: Unit,
+    status: str,
+    error: str,
+    notes: dict[str, Any],
+    started: Any,
+    ended: Any,
+    metrics: list[tuple[str, float, str, str, tuple[float, ...]]] | None = None,
+) -> UnitRecord:
+    """What is stored for ``unit``, ended with ``status`` (and ``error``) between ``started`` and ``ended``."""
+    return UnitRecord(
         unit_key=unit.key,
         suite=unit.suite,
         trial=unit.trial.name,
@@ -228,22 +260,26 @@ def execute_unit(unit: Unit, options: RunOptions, progress: Any = None) -> tuple
         scale_settings=unit.scale_settings,
         status=status,
         error=error,
-        notes=ctx.notes,
+        notes=notes,
         started_at=started,
         ended_at=ended,
-        metrics=metrics,
+        metrics=metrics or [],
     )
-    outcome = UnitOutcome(
-        unit=unit,
-        status=status,
-        error=error,
-        seconds=(ended - started).total_seconds(),
-        metrics={m.name: m.value for m in ctx.metrics.values()} if status == "ok" else {},
-    )
-    return record, outcome
 
 
 # --- a suite -------------------------------------------------------------------------------------
+
+
+def _with_checkpoint_trust(suite: Suite, options: RunOptions, console: Console) -> RunOptions:
+    """The options with the suite's ``trust_checkpoints`` folded in; warns when trust is on."""
+    trusted = options.trust_checkpoints or suite.trust_checkpoints
+    if trusted:
+        source = "--trust-checkpoints" if options.trust_checkpoints else f"{suite.path}: trust_checkpoints"
+        console.print(
+            f"[yellow]warning[/]: {source}: user checkpoints will be fully unpickled, which runs any code "
+            "they carry; use only files from a source you trust (recorded in the run's provenance)"
+        )
+    return replace(options, trust_checkpoints=trusted)
 
 
 def run_suite(
@@ -252,12 +288,14 @@ def run_suite(
     console = console or Console(stderr=True)
     units = select_units(suite.units(options.scale), options.only)
     threads = set_threads(options.threads)
+    options = _with_checkpoint_trust(suite, options, console)
     run_id = store.start_run(
         suite=suite.name,
         suite_path=str(suite.path),
         suite_sha=suite.sha,
         scale=options.scale,
-        command=command or " ".join(sys.argv),
+        command=command or mask_command(sys.argv),
+        trust_checkpoints=options.trust_checkpoints,
         **provenance(threads),
     )
     outcomes: list[UnitOutcome] = []
@@ -283,7 +321,7 @@ def run_suite(
                     continue
 
                 def report(message: str) -> None:
-                    bar.update(task, status=str(message)[:60])
+                    bar.update(task, status=mask_secrets(str(message))[:60])
 
                 record, outcome = execute_unit(unit, options, report)
                 store.add_result(run_id, record)
@@ -304,14 +342,32 @@ def summary_table(summary: RunSummary, title: str) -> Table:
     table = Table(title=title, show_lines=False)
     for col in ("status", "unit", "time (s)", "metrics / reason"):
         table.add_column(col, overflow="fold")
-    style = {"ok": "green", "skipped": "dim", "failed": "red", "timeout": "red", "oom": "magenta"}
+    style = {"ok": "green", "skipped": "dim", "failed": "red", "timeout": "red", "missing": "red", "oom": "magenta"}
+    noisy_units = 0
     for o in summary.outcomes:
         detail = o.error or ", ".join(f"{k}={v:.4g}" for k, v in list(o.metrics.items())[:6])
+        warnings = noisy_timings(o)
+        noisy_units += bool(warnings)
+        detail += "".join(f"\n[bold red]noisy timing: {w}[/]" for w in warnings)
         table.add_row(f"[{style.get(o.status, 'yellow')}]{o.status}[/]", o.unit.describe(),
                       f"{o.seconds:.1f}", detail)  # fmt: skip
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
     table.caption = f"run {summary.run_id}: {counts}"
+    if noisy_units:
+        table.caption += (
+            f"; {noisy_units} unit(s) with noisy timing (IQR/median > {NOISY_SPREAD:.0%}): do not trust their medians"
+        )
     return table
+
+
+def noisy_timings(outcome: UnitOutcome) -> list[str]:
+    """'latency IQR/median 23%' for each timed metric of ``outcome`` whose samples are noisy."""
+    out = []
+    for name, samples in outcome.samples.items():
+        spread = timing_noise(samples)
+        if spread is not None and spread > NOISY_SPREAD:
+            out.append(f"{name} IQR/median {spread:.0%}")
+    return out
 
 
 def default_threads() -> int:

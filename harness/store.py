@@ -8,12 +8,18 @@ several ``harness run`` processes can share one file.
 
 The schema carries a version in the ``meta`` table. Migrations are explicit functions in
 ``MIGRATIONS``; opening a database of another version says so and how to upgrade.
+
+A lost connection is not fatal: a server database's pool checks a connection before use
+(``pool_pre_ping``), and :meth:`Store.add_result` retries with exponential back-off on
+``OperationalError`` / ``DisconnectionError`` (a retry first checks that the unit did not land).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,24 +38,54 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
     func,
     inspect,
+    literal,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 from harness.errors import UserError
+from harness.redact import mask_command, mask_secrets, mask_tree, mask_url, one_line
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 DEFAULT_DB_URL = "sqlite:///results/harness.db"
 DB_ENV_VAR = "HARNESS_DB"
 STATUSES = ("ok", "failed", "oom", "unsupported", "unavailable", "timeout")
+RETRYABLE = (OperationalError, DisconnectionError)  # a lost or refused connection, a locked SQLite file
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # back-off between the 5 tries of a write
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class MetricValue(TypeDecorator[float]):
+    """A float column that keeps NaN. SQLite binds a NaN as NULL (refused by NOT NULL), so there a
+    NaN is stored as the text 'NaN', which SQLite keeps as text; other back ends store NaN natively.
+    The processors are replaced, not chained: Float's own bind processor would turn 'NaN' back."""
+
+    impl = Float
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> Callable[[Any], Any]:
+        nan_as_text = dialect.name == "sqlite"
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            value = float(value)
+            return "NaN" if nan_as_text and math.isnan(value) else value
+
+        return process
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Callable[[Any], Any]:
+        return lambda value: None if value is None else float(value)
 
 
 class Base(DeclarativeBase):
@@ -82,6 +118,12 @@ class Run(Base):
     torch_version: Mapped[str] = mapped_column(String(64), default="")
     cuda_version: Mapped[str] = mapped_column(String(64), default="")
     packages: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # --trust-checkpoints / the suite's trust_checkpoints: user checkpoints were fully unpickled.
+    trust_checkpoints: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # How the units ran: inline (in the harness process), local or slurm (submitit jobs); for the latter,
+    # ``jobs`` = {"folder", "workers", "jobs": [{"job_id", "worker", "units": [unit keys]}], ...}.
+    executor: Mapped[str] = mapped_column(String(16), default="inline", server_default="inline")
+    jobs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=dict)
     results: Mapped[list[Result]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 
@@ -117,7 +159,7 @@ class MetricRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
     name: Mapped[str] = mapped_column(String(128))
-    value: Mapped[float] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(MetricValue)
     unit: Mapped[str] = mapped_column(String(32), default="")
     better: Mapped[str] = mapped_column(String(8), default="none")
     result: Mapped[Result] = relationship(back_populates="metrics")
@@ -135,8 +177,24 @@ class Sample(Base):
     metric: Mapped[MetricRow] = relationship(back_populates="samples")
 
 
+def _add_trust_checkpoints(conn: Connection) -> None:
+    """Version 1 -> 2: runs.trust_checkpoints (false for every earlier run)."""
+    column = Run.__table__.c.trust_checkpoints
+    kind = column.type.compile(dialect=conn.dialect)
+    default = literal(False).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    conn.execute(text(f"ALTER TABLE runs ADD COLUMN trust_checkpoints {kind} NOT NULL DEFAULT {default}"))
+
+
+def _add_executor_and_jobs(conn: Connection) -> None:
+    """Version 2 -> 3: runs.executor ('inline' for every earlier run) and runs.jobs (submitit jobs, NULL)."""
+    executor = Run.__table__.c.executor.type.compile(dialect=conn.dialect)
+    jobs = Run.__table__.c.jobs.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE runs ADD COLUMN executor {executor} NOT NULL DEFAULT 'inline'"))
+    conn.execute(text(f"ALTER TABLE runs ADD COLUMN jobs {jobs}"))
+
+
 # Explicit migrations: MIGRATIONS[n] upgrades a database from version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_trust_checkpoints, 2: _add_executor_and_jobs}
 
 
 @dataclass
@@ -182,6 +240,8 @@ class Store:
 
     def __init__(self, url: str | None = None, *, create: bool = True, check_version: bool = True):
         self.url = resolve_url(url)
+        self.display_url = mask_url(self.url)  # the only form of the URL that is ever shown
+        self.retry_delays: tuple[float, ...] = RETRY_DELAYS_S
         self.engine = self._make_engine(self.url, create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._check_schema(create=create, check_version=check_version)
@@ -191,7 +251,7 @@ class Store:
         try:
             parsed = make_url(url)
         except ArgumentError:
-            raise UserError(f"database URL {url!r} is not a valid SQLAlchemy URL") from None
+            raise UserError(f"database URL {mask_url(url)!r} is not a valid SQLAlchemy URL") from None
         kwargs: dict[str, Any] = {}
         if parsed.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": 60}
@@ -208,10 +268,12 @@ class Store:
                     raise UserError(f"database {db_path} is not writable")
                 if not db_path.exists() and not os.access(db_path.parent, os.W_OK):
                     raise UserError(f"database directory {db_path.parent} is not writable")
+        else:
+            kwargs["pool_pre_ping"] = True  # a connection the server dropped (restart, idle timeout) is replaced
         try:
             engine = create_engine(url, **kwargs)
         except Exception as exc:  # noqa: BLE001 - driver import errors, bad options
-            raise UserError(f"cannot open database {url!r}: {exc}") from None
+            raise UserError(f"cannot open database {mask_url(url)!r}: {one_line(str(exc))}") from None
         if parsed.get_backend_name() == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -220,31 +282,33 @@ class Store:
         try:
             names = set(inspect(self.engine).get_table_names())
         except OperationalError as exc:
-            raise UserError(f"cannot open database {self.url!r}: {exc.orig}") from None
+            raise UserError(f"cannot open database {self.display_url!r}: {one_line(str(exc.orig))}") from None
         if "meta" not in names:
             if names - {"meta"}:
-                raise UserError(f"database {self.url!r} has tables but no schema version: not a harness database")
+                raise UserError(
+                    f"database {self.display_url!r} has tables but no schema version: not a harness database"
+                )
             if not create:
-                raise UserError(f"database {self.url!r} is empty")
+                raise UserError(f"database {self.display_url!r} is empty")
             try:
                 Base.metadata.create_all(self.engine)
                 with self.session() as s:
                     s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             except OperationalError as exc:
-                raise UserError(f"cannot write database {self.url!r}: {exc.orig}") from None
+                raise UserError(f"cannot write database {self.display_url!r}: {one_line(str(exc.orig))}") from None
             return
         version = self.schema_version()
         if not check_version:
             return
         if version > SCHEMA_VERSION:
             raise UserError(
-                f"database {self.url!r} has schema version {version}, newer than this harness "
+                f"database {self.display_url!r} has schema version {version}, newer than this harness "
                 f"({SCHEMA_VERSION}): upgrade segharness"
             )
         if version < SCHEMA_VERSION:
             raise UserError(
-                f"database {self.url!r} has schema version {version}, this harness needs "
-                f"{SCHEMA_VERSION}: run `harness db upgrade --db {self.url}`"
+                f"database {self.display_url!r} has schema version {version}, this harness needs "
+                f"{SCHEMA_VERSION}: run `harness db upgrade --db {self.display_url}`"
             )
 
     def schema_version(self) -> int:
@@ -275,6 +339,9 @@ class Store:
     # --- writing ---------------------------------------------------------------------------------
 
     def start_run(self, **fields: Any) -> int:
+        """Insert a run; its ``command`` is stored with every password masked."""
+        if "command" in fields:
+            fields["command"] = mask_command(str(fields["command"]).split(" "))
         with self.session() as s:
             run = Run(**fields)
             s.add(run)
@@ -288,8 +355,66 @@ class Store:
                 run.ended_at = utcnow()
                 run.status = status
 
+    def set_run_jobs(self, run_id: int, executor: str, jobs: dict[str, Any]) -> None:
+        """Record how a run's units are executed (the submitit jobs and the unit keys of each)."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is not None:
+                run.executor = executor
+                run.jobs = mask_tree(_jsonable(jobs))
+
+    def close_run_if_complete(self, run_id: int) -> bool:
+        """End a running run whose planned units (``runs.jobs``) are all stored: ``failed`` if one of
+        them failed or timed out, else ``ok``. Workers call it as they finish, so a detached run ends
+        without its driver. Returns whether the run is ended."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                return False
+            if run.status != "running":
+                return True
+            planned = {key for job in (run.jobs or {}).get("jobs", []) for key in job.get("units", [])}
+            rows = s.execute(select(Result.unit_key, Result.status).where(Result.run_id == run_id)).all()
+            if not planned or not planned <= {key for key, _ in rows}:
+                return False
+            run.status = "failed" if any(status in ("failed", "timeout") for _, status in rows) else "ok"
+            run.ended_at = utcnow()
+            return True
+
+    def retrying(self, fn: Callable[[int], Any]) -> Any:
+        """``fn(attempt)`` (attempt 1, 2, ...), retried after a lost connection or a locked database
+        with exponential back-off (``self.retry_delays``: 5 tries in all); the last error is re-raised."""
+        delays = self.retry_delays
+        for attempt in range(1, len(delays) + 2):
+            try:
+                return fn(attempt)
+            except RETRYABLE:
+                if attempt > len(delays):
+                    raise
+                self.engine.dispose()  # drop pooled connections that may be dead
+                time.sleep(delays[attempt - 1])
+        raise AssertionError("unreachable")
+
+    def result_id(self, run_id: int, unit_key: str) -> int | None:
+        """The id of the result of ``unit_key`` stored by run ``run_id``, if any."""
+        with self.session() as s:
+            q = select(Result.id).where(Result.run_id == run_id, Result.unit_key == unit_key).limit(1)
+            return s.scalar(q)
+
     def add_result(self, run_id: int, rec: UnitRecord) -> int:
-        """Store one unit with its metrics and samples in a single transaction."""
+        """Store one unit with its metrics and samples in a single transaction, retried with back-off
+        if the connection is lost (a retry first checks whether the failed try committed after all)."""
+
+        def attempt(n: int) -> int:
+            if n > 1:
+                landed = self.result_id(run_id, rec.unit_key)
+                if landed is not None:
+                    return landed
+            return self._add_result_once(run_id, rec)
+
+        return int(self.retrying(attempt))
+
+    def _add_result_once(self, run_id: int, rec: UnitRecord) -> int:
         with self.session() as s:
             result = Result(
                 run_id=run_id,
@@ -307,8 +432,8 @@ class Store:
                 scale=rec.scale,
                 scale_settings=rec.scale_settings,
                 status=rec.status,
-                error=rec.error,
-                notes=_jsonable(rec.notes),
+                error=mask_secrets(rec.error),
+                notes=mask_tree(_jsonable(rec.notes)),
                 started_at=rec.started_at,
                 ended_at=rec.ended_at,
                 duration_s=(rec.ended_at - rec.started_at).total_seconds(),
@@ -382,6 +507,13 @@ class Store:
             out = list(chosen.values())
         return out
 
+    def run_unit_statuses(self, run_id: int) -> list[tuple[int, str, str, str]]:
+        """(result id, unit key, status, error) of every result of a run, oldest first: a light
+        query for progress polling."""
+        with self.session() as s:
+            q = select(Result.id, Result.unit_key, Result.status, Result.error).where(Result.run_id == run_id)
+            return [tuple(row) for row in s.execute(q.order_by(Result.id))]  # type: ignore[misc]
+
     def count_results(self, suite: str | None = None) -> int:
         with self.session() as s:
             q = select(func.count(Result.id))
@@ -393,7 +525,7 @@ class Store:
 def _result_dict(r: Result, with_samples: bool) -> dict[str, Any]:
     metrics = {}
     for m in r.metrics:
-        entry: dict[str, Any] = {"value": m.value, "unit": m.unit, "better": m.better}
+        entry: dict[str, Any] = {"value": float(m.value), "unit": m.unit, "better": m.better}
         if with_samples:
             entry["samples"] = [smp.value for smp in m.samples]
         metrics[m.name] = entry

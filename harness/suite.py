@@ -24,10 +24,37 @@ from harness.timing import TimingConfig
 SCALES = ("smoke", "default", "paper")
 TOP_KEYS = (
     "name", "title", "paper", "reproduces", "description", "seed", "dataset", "timing", "scales",
-    "matrix", "benchmarks", "tables", "figures", "layout", "notes", "gate",
+    "matrix", "benchmarks", "tables", "figures", "layout", "notes", "gate", "trust_checkpoints",
 )  # fmt: skip
 ENTRY_KEYS = ("trial", "section", "label", "params", "matrix", "cases", "notes")
 SCALE_BLOCK_KEYS = ("dataset", "timing")
+GATE_KEYS = ("min_effect", "accuracy_tolerance", "alpha", "rounds", "warmup_rounds", "metrics")
+GATE_METRIC_KEYS = ("min_effect", "accuracy_tolerance")
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """A suite's ``gate:`` block. Latency: a change is a regression when the same-machine A/B over
+    ``rounds`` rounds (after ``warmup_rounds``) gives a ratio beyond ``1 + min_effect`` with a t-test
+    p below ``alpha``. Other metrics with a direction: an absolute ``accuracy_tolerance``."""
+
+    min_effect: float = 0.10
+    accuracy_tolerance: float = 0.3
+    alpha: float = 0.01
+    rounds: int = 5
+    warmup_rounds: int = 1
+    per_metric: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def for_metric(self, name: str) -> tuple[float, float]:
+        override = self.per_metric.get(name, {})
+        return (
+            float(override.get("min_effect", self.min_effect)),
+            float(override.get("accuracy_tolerance", self.accuracy_tolerance)),
+        )
+
+    def with_overrides(self, **given: float | int | None) -> GateSettings:
+        kept = {k: v for k, v in given.items() if v is not None}
+        return GateSettings(**{**self.__dict__, **kept}) if kept else self
 
 
 # --- YAML with line numbers -------------------------------------------------------------------------
@@ -141,6 +168,8 @@ class Suite:
     entries: list[Entry]
     raw: dict[str, Any] = field(repr=False)
     sha: str = ""
+    gate: GateSettings = field(default_factory=GateSettings)
+    trust_checkpoints: bool = False  # fully unpickle user checkpoints (as --trust-checkpoints)
 
     def units(self, scale: str) -> list[Unit]:
         return expand(self, scale)
@@ -238,6 +267,8 @@ def load_suite(path: str | Path) -> Suite:
         entries=entries,
         raw=raw,
         sha=hashlib.sha256(path.read_bytes()).hexdigest(),
+        gate=_parse_gate(raw.get("gate"), chk),
+        trust_checkpoints=_parse_flag(raw, "trust_checkpoints", chk),
     )
     for key, _values in suite.matrix.items():
         if key not in AXES:
@@ -257,6 +288,42 @@ def _validate_layout(suite: Suite, raw: dict[str, Any], path: Path) -> None:
     except ImportError:
         return
     parse_layout(raw, str(path))
+
+
+def _gate_number(value: Any, keypath: tuple[Any, ...], chk: _Checker, *, integer: bool = False, minimum: float = 0):
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    if not ok or value < minimum:
+        raise chk.fail(keypath, f"must be {'an integer' if integer else 'a number'} >= {minimum:g}, got {value!r}")
+    return value
+
+
+def _parse_flag(raw: dict[str, Any], key: str, chk: _Checker) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise chk.fail((key,), f"must be true or false, got {value!r}")
+    return value
+
+
+def _parse_gate(value: Any, chk: _Checker) -> GateSettings:
+    block = chk.mapping(value, ("gate",))
+    chk.keys(block, GATE_KEYS, ("gate",))
+    numbers: dict[str, Any] = {}
+    for key in ("min_effect", "accuracy_tolerance", "alpha", "rounds", "warmup_rounds"):
+        if key in block:
+            integer = key in ("rounds", "warmup_rounds")
+            numbers[key] = _gate_number(
+                block[key], ("gate", key), chk, integer=integer, minimum=2 if key == "rounds" else 0
+            )
+    if "alpha" in numbers and not 0 < numbers["alpha"] < 1:
+        raise chk.fail(("gate", "alpha"), f"must be between 0 and 1, got {numbers['alpha']!r}")
+    per_metric: dict[str, dict[str, float]] = {}
+    for metric, override in chk.mapping(block.get("metrics"), ("gate", "metrics")).items():
+        override = chk.mapping(override, ("gate", "metrics", metric))
+        chk.keys(override, GATE_METRIC_KEYS, ("gate", "metrics", metric))
+        per_metric[str(metric)] = {
+            k: float(_gate_number(v, ("gate", "metrics", metric, k), chk)) for k, v in override.items()
+        }
+    return GateSettings(**numbers, per_metric=per_metric)
 
 
 def _parse_entry(item: Any, index: int, chk: _Checker) -> Entry:

@@ -14,7 +14,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -111,6 +111,25 @@ class Measurement:
             "p90": self.p90 * 1e3,
             "n": float(self.n),
         }
+
+
+NOISY_SPREAD = 0.10  # IQR / median above this: the timing is too noisy to trust its median
+
+
+def timing_noise(samples: Sequence[float]) -> float | None:
+    """Relative spread (IQR / median) of raw timing samples, or None with fewer than two samples.
+
+    The one noise measure of the harness: ``harness run``'s summary and the HTML report's latency
+    distributions both flag a metric as noisy when this exceeds :data:`NOISY_SPREAD`.
+    """
+    if len(samples) < 2:
+        return None
+    return Measurement(tuple(float(s) for s in samples)).relative_iqr
+
+
+def is_noisy(samples: Sequence[float]) -> bool:
+    spread = timing_noise(samples)
+    return spread is not None and spread > NOISY_SPREAD
 
 
 def set_threads(threads: int | None) -> int:

@@ -4,6 +4,10 @@ An artifact is a dict saved with ``torch.save`` under ``<artifacts_dir>/<kind>/<
 key is the sha256 of the canonical JSON of ``(kind, config)``. A sidecar ``<key>.json`` records the
 config, the sha256 of the ``.pt`` bytes, the creation time and how long the build took. Loading
 verifies the checksum; a corrupt or truncated artifact is reported and rebuilt, never used.
+The checksum guards against corruption, not tampering (the sidecar sits beside the file, and the
+cache directory may be shared or copied), so artifacts hold weights-only data (tensors, plain
+containers, numbers, strings: checked when saved) and are read weights-only
+(:mod:`methods.safe_load`); a file that would need more is rebuilt, never unpickled.
 Writes are atomic (temporary file + ``os.replace``) and a per-artifact ``fcntl`` lock keeps two
 processes from building the same artifact at once.
 """
@@ -16,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 
 from harness.errors import UserError
+from methods.safe_load import load_weights_only, offending_type, safe_torch_load, unsafe_globals
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +108,10 @@ def _load_verified(pt_path: Path, sidecar_path: Path) -> tuple[dict[str, Any] | 
     if file_sha256(pt_path) != expected:
         return None, "checksum mismatch (corrupt or truncated)"
     try:
-        # Our own file, checksum-verified: full unpickling is acceptable here.
-        artifact = torch.load(pt_path, map_location="cpu", weights_only=False)
+        artifact = load_weights_only(pt_path)
     except Exception as exc:  # noqa: BLE001 - any load failure means the file cannot be used
-        return None, f"unreadable ({type(exc).__name__})"
+        refused = offending_type(exc)
+        return None, f"unreadable ({type(exc).__name__}{f': needs type {refused}' if refused else ''})"
     if not isinstance(artifact, dict):
         return None, f"holds a {type(artifact).__name__}, not a dict"
     return artifact, None
@@ -138,7 +142,7 @@ def cached_artifact(
         build_seconds = time.perf_counter() - t0
         if not isinstance(artifact, dict):
             raise TypeError(f"build() for artifact kind {kind!r} returned {type(artifact).__name__}, not dict")
-        _atomic_write(pt_path, lambda tmp: torch.save(artifact, tmp))
+        _atomic_write(pt_path, lambda tmp: _save_weights_only(artifact, tmp, kind))
         sidecar = {
             "kind": kind,
             "key": pt_path.stem,
@@ -149,6 +153,13 @@ def cached_artifact(
         }
         _atomic_write(sidecar_path, lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2)))
         return artifact
+
+
+def _save_weights_only(artifact: dict[str, Any], path: Path, kind: str) -> None:
+    torch.save(artifact, path)
+    unsafe = unsafe_globals(path)
+    if unsafe:
+        raise TypeError(f"artifact kind {kind!r} holds {', '.join(unsafe)}: store tensors and plain data only")
 
 
 def artifact_info(artifacts_dir: Path | str, kind: str, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -162,29 +173,13 @@ def artifact_info(artifacts_dir: Path | str, kind: str, config: dict[str, Any]) 
 
 def load_checkpoint(path: Path | str, *, trusted: bool = False) -> dict[str, Any]:
     """Load a user-given checkpoint (a dict). Raises UserError, one line, if it is missing,
-    truncated, corrupt or not a dict.
+    truncated, corrupt, refused or not a dict.
 
-    Only tensors and plain containers are unpickled unless ``trusted`` is set.
+    The rule of :func:`methods.safe_load.safe_torch_load`: only tensors, plain containers and the
+    allow-listed checkpoint metadata types are unpickled unless ``trusted`` is set.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError as exc:
-        if not trusted and "weights_only" in str(exc):
-            raise UserError(
-                f"checkpoint {path} holds objects other than tensors and plain containers; "
-                "load it as trusted only if you trust its source"
-            ) from None
-        raise UserError(f"checkpoint {path} is corrupt: {_first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - every load failure is a bad user file
-        raise UserError(f"checkpoint {path} is corrupt or truncated: {_first_line(exc)}") from None
+    checkpoint = safe_torch_load(path, trusted=trusted)
     if not isinstance(checkpoint, dict):
         raise UserError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
     return checkpoint
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -11,7 +11,7 @@ from harness.context import TrialContext
 from harness.errors import Unavailable, Unsupported
 from harness.registry import Metric, Param, trial
 
-BEHAVIOURS = ("ok", "raise", "oom", "unsupported", "unavailable", "dtype", "hang", "nometric")
+BEHAVIOURS = ("ok", "raise", "oom", "unsupported", "unavailable", "dtype", "hang", "nometric", "partial")
 
 
 @trial(
@@ -45,6 +45,8 @@ def behave(ctx: TrialContext) -> None:
     if b == "nometric":
         return
     ctx.record("value", ctx.params["index"] * 1.5 + ctx.batch_size)
+    if b == "partial":
+        return
     ctx.measure("latency", lambda: sum(range(100)))
 
 

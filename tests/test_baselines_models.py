@@ -10,15 +10,9 @@ from methods.baselines import ARCH_NAMES, BaselineModel, SegCNN, TrainConfig, tr
 from methods.baselines.baseline import model_input, model_labels
 from methods.baselines.training import class_weights
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: with several processes sharing two cores, OpenMP's second thread makes
-    small training steps orders of magnitude slower (spin-waiting); results do not depend on it."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One intra-op thread (tests/conftest.py): with several processes sharing two cores, OpenMP's second
+# thread makes small training steps orders of magnitude slower (spin-waiting).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> None:

@@ -15,13 +15,9 @@ TINY_DATA = {"name": "embedded", "height": 64, "width": 128, "num_train": 2, "nu
 TINY_SCALE = {"baseline": {"iters": 3, "batch_size": 1, "warmup_iters": 1}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """See tests/test_baselines_models.py: avoids OpenMP spin-waiting on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# One thread (tests/conftest.py): avoids OpenMP spin-waiting on a shared 2-core machine, and the
+# golden figures below were computed at one thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _context(name: str, params: dict, tmp_path: Path, **axes) -> TrialContext:
@@ -67,17 +63,118 @@ def test_evaluate_trial_records_accuracy_and_per_class_iou(tmp_path: Path) -> No
     get_trial("baseline.evaluate").fn(ctx)
     for name in ("miou", "miou_absent_as_zero", "pixel_accuracy", "train_seconds"):
         assert name in ctx.metrics
-    assert 0.0 <= ctx.metrics["pixel_accuracy"].value <= 100.0
     assert ctx.metrics["miou_absent_as_zero"].value <= ctx.metrics["miou"].value + 1e-9
     per_class = [m for m in ctx.metrics if m.startswith("iou_")]
     assert per_class and len(per_class) + len(ctx.notes["absent_classes"]) == 11
+    # the mIoU is the nan-mean of the per-class IoUs the trial records
+    ious = [ctx.metrics[m].value for m in per_class]
+    assert ctx.metrics["miou"].value == pytest.approx(sum(ious) / len(ious), rel=1e-12)
+
+
+# --- known answers -----------------------------------------------------------------------------
+
+KNOWN_DATA = {**TINY_DATA, "num_val": 3}  # 3 val images: evaluated as a batch of 2, then 1
+# Golden figures of baseline.evaluate on GOLDEN_SCALE (arch tiny, seed 1, 64x128, 2 train / 1 val
+# images), at one torch thread with torch 2.13.0 (CPU build). 20 iterations: the models already
+# predict several classes (at 3 they predict one class everywhere). To regenerate after a change
+# that is meant to alter them, print ``{k: ctx.metrics[k].value for k in GOLDEN_METRICS}`` from
+# this test for each kind and paste the values.
+GOLDEN_SCALE = {"baseline": {"iters": 20, "batch_size": 1, "warmup_iters": 1}}
+GOLDEN_METRICS = ("miou", "miou_absent_as_zero", "pixel_accuracy")
+GOLDEN = {
+    "lr": {"miou": 4.201143941261092, "miou_absent_as_zero": 4.201143941261092, "pixel_accuracy": 20.884106818771066},
+    "hr": {"miou": 4.561171020355622, "miou_absent_as_zero": 4.561171020355621, "pixel_accuracy": 15.763546798029557},
+}
+
+
+class _LabelMapModel:
+    """Stands in for a trained baseline in ``baseline.evaluate``: ``predict`` returns one-hot logits
+    of the label map ``labels_for(images)`` gives (ignored pixels as class 0)."""
+
+    def __init__(self, num_classes: int, labels_for) -> None:
+        self.num_classes = num_classes
+        self.labels_for = labels_for
+        self.train_seconds = 0.0
+        self.seconds_per_iter = 0.0
+        self.losses: list[float] = []
+        self.config: dict = {"train": {}}
+
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = self.labels_for(images)
+        labels = torch.where(labels == 255, torch.zeros_like(labels), labels)
+        logits = torch.nn.functional.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).float()
+        return logits, logits
+
+
+def _evaluate_with(model: _LabelMapModel, monkeypatch, tmp_path: Path) -> TrialContext:
+    """baseline.evaluate on KNOWN_DATA with ``model`` in place of the trained baseline."""
+    monkeypatch.setattr("methods.baselines.trials.trained_baseline", lambda *args, **kwargs: model)
+    ctx = _context("baseline.evaluate", {"kind": "hr", "arch": "tiny"}, tmp_path)
+    ctx.dataset = dict(KNOWN_DATA)
+    get_trial("baseline.evaluate").fn(ctx)
+    return ctx
+
+
+def _val_labels() -> tuple[dict[bytes, torch.Tensor], torch.Tensor, tuple[str, ...]]:
+    """The val split of KNOWN_DATA: label map by image bytes, valid pixels per class, class names."""
+    from methods.datasets import build_dataset
+
+    dataset = build_dataset(KNOWN_DATA, "val")
+    samples = [dataset[i] for i in range(len(dataset))]
+    by_image = {s.image.numpy().tobytes(): s.label for s in samples}
+    labels = torch.stack([s.label for s in samples])
+    counts = torch.bincount(labels[labels != 255], minlength=dataset.num_classes)
+    return by_image, counts, tuple(dataset.classes)
+
+
+def test_evaluate_trial_scores_100_for_a_model_that_outputs_the_labels(monkeypatch, tmp_path: Path) -> None:
+    by_image, counts, classes = _val_labels()
+    oracle = _LabelMapModel(len(classes), lambda images: torch.stack([by_image[i.numpy().tobytes()] for i in images]))
+    ctx = _evaluate_with(oracle, monkeypatch, tmp_path)
+    present = [c for c, n in zip(classes, counts.tolist(), strict=True) if n > 0]
+    assert ctx.metrics["miou"].value == 100.0
+    assert ctx.metrics["pixel_accuracy"].value == 100.0
+    # absent classes count 0 in the official mean: 100 x (present classes) / (all classes)
+    assert ctx.metrics["miou_absent_as_zero"].value == pytest.approx(100.0 * len(present) / len(classes), rel=1e-12)
+    assert ctx.notes["absent_classes"] == [c for c in classes if c not in present]
+    assert {m: ctx.metrics[m].value for m in ctx.metrics if m.startswith("iou_")} == {
+        f"iou_{c.replace(' ', '_')}": 100.0 for c in present
+    }
+
+
+@pytest.mark.parametrize("constant", [0, 6])
+def test_evaluate_trial_of_a_constant_model_gives_the_hand_computed_miou(monkeypatch, tmp_path: Path, constant) -> None:
+    """Predicting class c everywhere: IoU_c = n_c / N (all N valid pixels are predicted c), IoU = 0 for
+    the other classes present in the labels, nan (left out of the mean) for the absent ones."""
+    _, counts, classes = _val_labels()
+    model = _LabelMapModel(len(classes), lambda images: torch.full((images.shape[0], *images.shape[-2:]), constant))
+    ctx = _evaluate_with(model, monkeypatch, tmp_path)
+    n_c, total = int(counts[constant]), int(counts.sum())
+    scored = sum(1 for k, n in enumerate(counts.tolist()) if n > 0 or k == constant)
+    assert ctx.metrics["pixel_accuracy"].value == pytest.approx(100.0 * n_c / total, rel=1e-12)
+    assert ctx.metrics["miou"].value == pytest.approx(100.0 * n_c / total / scored, rel=1e-12)
+    assert ctx.metrics["miou_absent_as_zero"].value == pytest.approx(100.0 * n_c / total / len(classes), rel=1e-12)
+    assert ctx.metrics[f"iou_{classes[constant].replace(' ', '_')}"].value == pytest.approx(100.0 * n_c / total)
+    others = [m for m in ctx.metrics if m.startswith("iou_") and m != f"iou_{classes[constant].replace(' ', '_')}"]
+    assert len(others) == scored - 1 and all(ctx.metrics[m].value == 0.0 for m in others)
+
+
+@pytest.mark.parametrize("kind", ["lr", "hr"])
+def test_evaluate_trial_reproduces_its_golden_figures(tmp_path: Path, kind: str) -> None:
+    ctx = _context("baseline.evaluate", {"kind": kind, "arch": "tiny"}, tmp_path)
+    ctx.scale = dict(GOLDEN_SCALE)
+    get_trial("baseline.evaluate").fn(ctx)
+    assert {k: ctx.metrics[k].value for k in GOLDEN_METRICS} == pytest.approx(GOLDEN[kind], abs=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["lr", "hr"])
 def test_latency_trial_measures_embedded_model(tmp_path: Path, kind: str) -> None:
     ctx = _context("baseline.latency", {"model": "tiny", "height": 64, "width": 128, "kind": kind}, tmp_path)
     get_trial("baseline.latency").fn(ctx)
-    assert ctx.metrics["latency"].value > 0 and len(ctx.metrics["latency"].samples) == 2
+    latency = ctx.metrics["latency"]
+    assert len(latency.samples) == 2  # TimingConfig(iters=2); the figure is their median
+    assert latency.value == pytest.approx(sum(latency.samples) / 2, rel=1e-12) and min(latency.samples) > 0
+    assert ctx.metrics["params_m"].value == sum(p.numel() for p in build_model("tiny").parameters()) / 1e6
     assert ctx.notes["input_size"] == ([32, 64] if kind == "lr" else [64, 128])
 
 
@@ -88,9 +185,28 @@ def test_complexity_trial_counts_params_and_macs(tmp_path: Path) -> None:
     get_trial("baseline.complexity").fn(big)
     expected_params = sum(p.numel() for p in build_model("tiny").parameters()) / 1e6
     assert small.metrics["params_m"].value == pytest.approx(expected_params)
-    # Convolutions dominate: 4x the pixels is about 4x the MACs.
-    ratio = big.metrics["gmacs"].value / small.metrics["gmacs"].value
-    assert 3.8 < ratio < 4.2
+    # every op of the fully convolutional net is per pixel (all strides divide 64x128): 4x the pixels
+    # is exactly 4x the MACs
+    assert big.metrics["gmacs"].value == pytest.approx(4 * small.metrics["gmacs"].value, rel=1e-12)
+    assert small.metrics["gmacs"].value * 1e9 == pytest.approx(_tiny_segcnn_macs(64, 128), rel=1e-12)
+
+
+def _tiny_segcnn_macs(height: int, width: int, num_classes: int = 19) -> int:
+    """fvcore's count for SegCNN "tiny" (stem 16, stages 24/48/96 of one block, decoder 32), by hand:
+    convolutions (output pixels x C_out x C_in x k²), plus fvcore's conventions for the rest:
+    2 per element of an (inference, affine) batch norm, 4 per output element of bilinear upsampling."""
+    px = {os: (height // os) * (width // os) for os in (2, 4, 8, 16)}
+    convs = px[2] * 16 * 3 * 9  # stem 3x3 s2
+    bn = px[2] * 16
+    for os, cin, cout in ((4, 16, 24), (8, 24, 48), (16, 48, 96)):  # one residual block per stage
+        convs += px[os] * cout * (cin * 9 + cout * 9 + cin)  # 3x3 s2, 3x3, 1x1 s2 projection
+        bn += 3 * px[os] * cout
+        convs += px[os] * 32 * cout  # 1x1 lateral to the decoder width
+        bn += px[os] * 32
+    convs += px[4] * 32 * 32 * 9 + px[4] * num_classes * 32  # 3x3 fusion, 1x1 classifier
+    bn += px[4] * 32
+    upsampled = px[8] * 32 + px[4] * 32 + height * width * num_classes  # top-down x2, x2; logits x4
+    return convs + 2 * bn + 4 * upsampled
 
 
 def test_unknown_model_name_is_rejected() -> None:

@@ -37,25 +37,28 @@ STATUSES = """\
       - {behaviour: unavailable}
       - {behaviour: dtype}
       - {behaviour: nometric}
+      - {behaviour: partial}
       - {behaviour: ok, device: cuda}
       - {behaviour: hang, index: 99}
 """
 
 
-def test_every_way_a_unit_ends_is_a_status(tmp_path: Path, db_url: str) -> None:
+def test_every_way_a_unit_ends_is_a_status(tmp_path: Path, any_db_url: str) -> None:
     suite = load_suite(suite_file(tmp_path, STATUSES))
-    store = Store(db_url)
+    store = Store(any_db_url)
     summary = run_suite(suite, store, RunOptions(timeout=1.0, show_progress=False))
     by_case = {(o.unit.params["behaviour"], o.unit.device): o for o in summary.outcomes}
     expected = {
         ("ok", "cpu"): "ok", ("raise", "cpu"): "failed", ("oom", "cpu"): "oom",
         ("unsupported", "cpu"): "unsupported", ("unavailable", "cpu"): "unavailable",
         ("dtype", "cpu"): "unsupported", ("nometric", "cpu"): "failed", ("hang", "cpu"): "timeout",
+        ("partial", "cpu"): "failed",
         ("ok", "cuda"): "ok" if torch.cuda.is_available() else "unavailable",
     }  # fmt: skip
     assert {k: o.status for k, o in by_case.items()} == expected
     assert "ValueError: boom" in by_case[("raise", "cpu")].error
     assert "backend xyz" in by_case[("unavailable", "cpu")].error
+    assert by_case[("partial", "cpu")].error == "metric latency was not recorded"
     assert summary.has_failures
     rows = {(r["params"]["behaviour"], r["device"]): r for r in store.results(suite="s")}
     assert rows[("raise", "cpu")]["status"] == "failed" and "traceback" in rows[("raise", "cpu")]["notes"]
@@ -65,13 +68,13 @@ def test_every_way_a_unit_ends_is_a_status(tmp_path: Path, db_url: str) -> None:
     assert store.runs("s")[-1].status == "failed" and store.runs("s")[-1].ended_at is not None
 
 
-def test_second_run_skips_everything_and_force_reruns(tmp_path: Path, db_url: str) -> None:
+def test_second_run_skips_everything_and_force_reruns(tmp_path: Path, any_db_url: str) -> None:
     body = "  - trial: test.behave\n    matrix: {index: [1, 2, 3], batch_size: [1, 2]}\n"
     path = suite_file(tmp_path, body)
-    assert main(["run", str(path), "--db", db_url, "--no-progress"]) == 0
-    store = Store(db_url)
+    assert main(["run", str(path), "--db", any_db_url, "--no-progress"]) == 0
+    store = Store(any_db_url)
     assert store.count_results("s") == 6
-    assert main(["run", str(path), "--db", db_url, "--no-progress"]) == 0
+    assert main(["run", str(path), "--db", any_db_url, "--no-progress"]) == 0
     assert store.count_results("s") == 6
     suite = load_suite(path)
     summary = run_suite(suite, store, RunOptions(show_progress=False))
@@ -81,9 +84,9 @@ def test_second_run_skips_everything_and_force_reruns(tmp_path: Path, db_url: st
     assert store.count_results("s") == 8
 
 
-def test_fail_fast_stops(tmp_path: Path, db_url: str) -> None:
+def test_fail_fast_stops(tmp_path: Path, any_db_url: str) -> None:
     body = "  - trial: test.behave\n    cases: [{behaviour: raise}, {behaviour: ok}]\n"
-    summary = run_suite(load_suite(suite_file(tmp_path, body)), Store(db_url),
+    summary = run_suite(load_suite(suite_file(tmp_path, body)), Store(any_db_url),
                         RunOptions(fail_fast=True, show_progress=False))  # fmt: skip
     assert [o.status for o in summary.outcomes] == ["failed"]
 
@@ -92,12 +95,12 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, str(TESTS / "engine_trials.py"), *args]
 
 
-def test_kill_9_then_rerun_completes_with_one_row_per_unit(tmp_path: Path, db_url: str) -> None:
+def test_kill_9_then_rerun_completes_with_one_row_per_unit(tmp_path: Path, any_db_url: str) -> None:
     body = "  - trial: test.behave\n    params: {seconds: 0.4}\n    matrix: {index: [1, 2, 3, 4, 5, 6, 7, 8]}\n"
     path = suite_file(tmp_path, body)
-    proc = subprocess.Popen(_cli("run", str(path), "--db", db_url, "--no-progress"), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cli("run", str(path), "--db", any_db_url, "--no-progress"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    store = Store(db_url)
+    store = Store(any_db_url)
     deadline = time.monotonic() + 60
     while store.count_results("s") < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -105,7 +108,9 @@ def test_kill_9_then_rerun_completes_with_one_row_per_unit(tmp_path: Path, db_ur
     proc.wait()
     done = store.count_results("s")
     assert 3 <= done < 8
-    assert subprocess.run(_cli("run", str(path), "--db", db_url, "--no-progress"), capture_output=True).returncode == 0
+    assert (
+        subprocess.run(_cli("run", str(path), "--db", any_db_url, "--no-progress"), capture_output=True).returncode == 0
+    )
     rows = store.results(suite="s", latest_per_unit=False)
     keys = [r["unit_key"] for r in rows]
     assert len(keys) == 8 and len(set(keys)) == 8 and all(r["status"] == "ok" for r in rows)
@@ -123,40 +128,40 @@ def test_a_unit_stored_by_another_suite_is_not_skipped(tmp_path: Path, db_url: s
     assert store.count_results("a") == 2 and store.count_results("b") == 2  # b ran its own, once
 
 
-def test_two_concurrent_runs_share_one_db(tmp_path: Path, db_url: str) -> None:
-    Store(db_url)
+def test_two_concurrent_runs_share_one_db(tmp_path: Path, any_db_url: str) -> None:
+    Store(any_db_url)
     body = "  - trial: test.behave\n    params: {seconds: 0.05}\n    matrix: {index: [1, 2, 3, 4, 5, 6]}\n"
     a, b = suite_file(tmp_path, body, "a"), suite_file(tmp_path, body, "b")
-    procs = [subprocess.Popen(_cli("run", str(p), "--db", db_url, "--no-progress"), stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen(_cli("run", str(p), "--db", any_db_url, "--no-progress"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE) for p in (a, b)]  # fmt: skip
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
-    store = Store(db_url)
+    store = Store(any_db_url)
     assert store.count_results("a") == 6 and store.count_results("b") == 6
 
 
-def test_schema_version_mismatch_is_a_clear_error(db_url: str) -> None:
-    Store(db_url)
-    engine = create_engine(db_url)
+def test_schema_version_mismatch_is_a_clear_error(any_db_url: str) -> None:
+    Store(any_db_url)
+    engine = create_engine(any_db_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": str(SCHEMA_VERSION + 1)})
     with pytest.raises(UserError, match="newer than this harness"):
-        Store(db_url)
+        Store(any_db_url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE meta SET value = '0' WHERE key = 'schema_version'"))
     with pytest.raises(UserError, match="harness db upgrade"):
-        Store(db_url)
+        Store(any_db_url)
 
 
-def test_show_and_runs_commands(tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_and_runs_commands(tmp_path: Path, any_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = suite_file(tmp_path, "  - trial: test.behave\n    matrix: {index: [1, 2]}\n")
-    assert main(["run", str(path), "--db", db_url, "--no-progress"]) == 0
+    assert main(["run", str(path), "--db", any_db_url, "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["show", "s", "--db", db_url, "--format", "csv"]) == 0
+    assert main(["show", "s", "--db", any_db_url, "--format", "csv"]) == 0
     csv = capsys.readouterr().out
     assert csv.splitlines()[0].startswith("run_id,suite,trial") and len(csv.splitlines()) == 3
-    assert main(["runs", "--db", db_url]) == 0
-    assert main(["show", "nosuch", "--db", db_url]) == 2
+    assert main(["runs", "--db", any_db_url]) == 0
+    assert main(["show", "nosuch", "--db", any_db_url]) == 2
 
 
 def test_list_dry_run_and_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,6 +51,24 @@ def test_embedding_head_predicts_the_nearest_class_at_full_resolution() -> None:
     assert LinearHead(16, 40).predict(features, (20, 28)).shape == (2, 20, 28)
 
 
+def test_embedding_head_on_class_prototypes_is_100_percent_right_on_both_backends() -> None:
+    """Features that one-hot encode the label and a projection whose columns are the class embeddings:
+    every pixel embedding IS its class's prototype, so the nearest class is the label (100 %), and the
+    faiss and torch indexes return the same classes."""
+    num_classes, dim, height, width = 30, 8, 6, 10
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, num_classes, (2, height, width), generator=generator)
+    head = EmbeddingHead(num_classes, num_classes, dim)
+    with torch.no_grad():
+        head.project.weight.copy_(head.normalized_classes().t()[:, :, None, None])
+        head.project.bias.zero_()
+        features = F.one_hot(labels, num_classes).permute(0, 3, 1, 2).float()
+        # at the feature resolution the bilinear resize is the identity
+        by_backend = {b: head.predict(features, (height, width), head.build_index(b)) for b in ("faiss", "torch")}
+    assert torch.equal(by_backend["torch"], labels)
+    assert torch.equal(by_backend["faiss"], labels)
+
+
 def test_knn_negatives_are_the_hardest_other_classes() -> None:
     classes = _unit(50, 8, 4).requires_grad_(True)
     pixels = _unit(200, 8, 5)

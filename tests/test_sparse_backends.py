@@ -26,13 +26,7 @@ SPECS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP spin-up/contention costs on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems (tests/conftest.py)
 
 
 def problem(spec: ConvSpec, dtype=torch.float64, seed=0, c_in=5, c_out=4):

@@ -8,14 +8,7 @@ import torch
 from methods.sparse import from_dense, site_mask, to_dense
 from methods.sparse.kernel_map import KeyTable, downsample_coords, grid_shape, kernel_offsets, key_space, linear_keys
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP spin-up/contention costs on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems (tests/conftest.py)
 
 
 def random_tensor(batch=2, channels=3, height=11, width=13, p=0.35, seed=0):

@@ -15,14 +15,7 @@ from methods.sparse import (
 )
 from methods.sparse.models import PreActBlock
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP spin-up/contention costs on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems (tests/conftest.py)
 
 
 def tiny_input(dtype=torch.float64, batch=2, height=33, width=47, p=0.25, seed=0):

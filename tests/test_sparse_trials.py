@@ -13,13 +13,7 @@ from harness.timing import TimingConfig
 from methods.sparse import trials  # noqa: F401  (registers the trial)
 from methods.sparse.masks import boundary_map, dataset_masks, selector_like_masks, synthetic_labels
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems (tests/conftest.py)
 
 
 def context(tmp_path, precision="fp32", **params):

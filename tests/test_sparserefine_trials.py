@@ -24,6 +24,8 @@ SCALE = {
 }
 SMALL = {"width_mult": 0.125, "reps": 1}
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
@@ -56,12 +58,19 @@ def value(ctx: TrialContext, name: str) -> float:
 @pytest.mark.parametrize("selector", ["entropy", "magnitude", "random", "learnable", "oracle"])
 def test_selector_trial(artifacts, selector):
     ctx = run("sparserefine.selector", artifacts, selector=selector, alpha=0.3)
-    assert 0.0 <= value(ctx, "density") <= 100.0
-    assert 0.0 <= value(ctx, "recall") <= 100.0
-    assert value(ctx, "latency") > 0
-    if selector == "oracle":  # exactly the LR errors
+    counts = ctx.notes["counts"]
+    # the figures are ratios of the counts: density = selected / pixels, and recall x errors =
+    # precision x selected (both are the selected errors)
+    assert value(ctx, "density") == pytest.approx(100.0 * counts["selected"] / counts["pixels"], rel=1e-12)
+    if counts["selected"] and counts["errors"]:
+        hits = value(ctx, "recall") * counts["errors"]
+        assert hits == pytest.approx(value(ctx, "precision") * counts["selected"], rel=1e-9)
+    latency = ctx.metrics["latency"]
+    assert latency.samples == (latency.value,) and latency.value > 0  # TimingConfig(iters=1): one sample
+    if selector == "oracle":  # exactly the LR errors (tests/test_sparserefine_known_answers.py counts them)
+        assert counts["errors"] > 0 and counts["selected"] == counts["errors"]
         assert value(ctx, "recall") == 100.0
-        assert value(ctx, "precision") == 100.0 or ctx.notes["counts"]["errors"] == 0
+        assert value(ctx, "precision") == 100.0
 
 
 def test_matched_density_and_full_selection(artifacts):
@@ -97,8 +106,15 @@ def test_selector_curve_recall_rises_with_density(artifacts):
 )
 def test_pipeline_trains_and_evaluates(artifacts, params):
     ctx = run("sparserefine.pipeline", artifacts, alpha=0.3, **SMALL, **params)
-    for name in ("miou", "miou_lr", "miou_hr", "density"):
-        assert not math.isnan(value(ctx, name))
+    # the selection statistics are those of the same selector on the val split
+    selection = run(
+        "sparserefine.selector", artifacts, selector=params.get("selector", "entropy"), alpha=0.3, measure_latency=False
+    )
+    for name in ("density", "recall", "precision"):
+        assert value(ctx, name) == value(selection, name)
+    miou, lr, hr = value(ctx, "miou"), value(ctx, "miou_lr"), value(ctx, "miou_hr")
+    assert not math.isnan(miou) and hr != lr
+    assert value(ctx, "gap_closed") == pytest.approx(100.0 * (miou - lr) / (hr - lr), rel=1e-12)
     assert ctx.notes["training"]["steps"] >= 1
     # parameter-free ensemblers other than direct reuse the refiner trained with direct replacement
     assert ctx.notes["training"]["shared_refiner"] == (params.get("ensembler") in ("entropy", "oracle"))
@@ -122,21 +138,28 @@ def test_breakdown_and_latency(artifacts):
         "lr_latency",
         "total_latency",
         "hr_latency",
-        "speedup",
     ):
-        assert value(ctx, name) > 0
-    assert value(ctx, "extractor_gmacs") > 0
+        latency = ctx.metrics[name]
+        assert latency.samples == (latency.value,) and latency.value > 0  # TimingConfig(iters=1): one sample
+    assert value(ctx, "speedup") == value(ctx, "hr_latency") / value(ctx, "total_latency")
     convs = ctx.notes["sparse_convs"]
     assert convs and all(pairs >= 0 for _, _, _, pairs, _, _ in convs)
+    # the extractor's MACs are its sparse convs' kernel-map pairs x C_in x C_out
+    macs = sum(pairs * cin * cout for _, _, _, pairs, cin, cout in convs)
+    assert macs > 0 and value(ctx, "extractor_gmacs") == macs / 1e9
+    # LR and HR baselines are the same fully convolutional net, the LR one on a quarter of the pixels
+    assert value(ctx, "hr_gmacs") == pytest.approx(4 * value(ctx, "lr_gmacs"), rel=1e-12)
     lat = run("sparserefine.latency", artifacts, alpha=0.3, **SMALL)
-    assert value(lat, "latency") > 0
+    assert lat.metrics["latency"].samples == (value(lat, "latency"),) and value(lat, "latency") > 0
+    assert value(lat, "density") == value(ctx, "density")  # same entropy selection of the same val image
 
 
 def test_paper_model_latency_on_an_mmseg_baseline(artifacts):
     ctx = run("sparserefine.paper_model_latency", artifacts, height=64, width=128, **SMALL)
     parts = ("hr_latency", "lr_latency", "selector_latency", "extractor_latency", "ensembler_latency")
     for name in (*parts, "total_latency"):
-        assert value(ctx, name) > 0
+        latency = ctx.metrics[name]
+        assert latency.samples == (latency.value,) and latency.value > 0  # TimingConfig(iters=1): one sample
     assert value(ctx, "speedup") == pytest.approx(value(ctx, "hr_latency") / value(ctx, "total_latency"))
     assert value(ctx, "density") == pytest.approx(11.8, abs=0.1)
     assert value(ctx, "extractor_gmacs") > 0

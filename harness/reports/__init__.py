@@ -1,5 +1,7 @@
 """Reports: paper-style tables (ours next to the paper's values), curves and a provenance header,
-rendered to PDF (no LaTeX engine), Markdown and LaTeX; and side-by-side comparison of two runs.
+rendered to PDF (no LaTeX engine), Markdown, LaTeX and one self-contained HTML page (with the
+latency distributions; :mod:`harness.reports.html`); the history of a suite's gated metrics across
+runs (:mod:`harness.reports.history`); and side-by-side comparison of two runs.
 
 Entry points: :func:`build_report` (``harness report``) and
 :func:`harness.reports.compare.compare_runs` (``harness compare``). The layout schema of a suite's
@@ -23,7 +25,7 @@ from harness.reports.render import Report, save_figure_files, write_latex, write
 from harness.reports.tables import build_table, generic_table
 from harness.store import Run, Store
 
-FORMATS = ("pdf", "md", "tex")
+FORMATS = ("pdf", "md", "tex", "html")
 SUITES_DIR = Path("suites")
 
 __all__ = ["FORMATS", "build_report", "parse_layout", "ReportLayout"]
@@ -59,21 +61,21 @@ def _suite_for_run(run: Run, suite_path: str | Path | None) -> Path | None:
 
 
 def _select(
-    store: Store, suite_path: Path | None, run_id: int | None
+    store: Store, suite_path: Path | None, run_id: int | None, with_samples: bool = False
 ) -> tuple[str, dict[str, Any], Path | None, list[Run], list[dict[str, Any]]]:
     if run_id is not None:
         run = store.get_run(run_id)
         if run is None:
             known = ", ".join(str(r.id) for r in store.runs()[-5:]) or "none"
-            raise UserError(f"no run with id {run_id} in {store.url} (latest runs: {known})")
+            raise UserError(f"no run with id {run_id} in {store.display_url} (latest runs: {known})")
         path = _suite_for_run(run, suite_path)
         raw = _read_suite(path) if path else {"name": run.suite}
-        results = store.results(run_id=run_id, latest_per_unit=False)
+        results = store.results(run_id=run_id, latest_per_unit=False, with_samples=with_samples)
         return run.suite, raw, path, [run], results
     assert suite_path is not None
     raw = _read_suite(suite_path)
     name = str(raw.get("name") or suite_path.stem)
-    results = store.results(suite=name, latest_per_unit=True)
+    results = store.results(suite=name, latest_per_unit=True, with_samples=with_samples)
     latest = store.latest_run(name)
     if latest is not None:
         # a suite run at several scales: report the scale of the newest run only
@@ -114,7 +116,7 @@ def build_report(
         raise UserError("report: give a suite file or --run ID")
     fmts = parse_formats(formats)
     path = Path(suite_path) if suite_path is not None else None
-    name, raw, path, runs, results = _select(store, path, run_id)
+    name, raw, path, runs, results = _select(store, path, run_id, with_samples="html" in fmts)
     layout = parse_layout(raw, str(path)) if path is not None else ReportLayout(paper=None)
     paper = layout.paper
     tables = [build_table(spec, results, paper) for spec in layout.tables]
@@ -152,6 +154,12 @@ def build_report(
         if "tex" in fmts:
             target = out / f"{stem}.tex"
             write_latex(report, target, figure_files)
+            written.append(target)
+        if "html" in fmts:
+            from harness.reports.html import write_html
+
+            target = out / f"{stem}.html"
+            write_html(report, results, target)
             written.append(target)
         written += [p for files in figure_files.values() for p in files.values()]
     finally:

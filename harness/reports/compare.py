@@ -67,7 +67,7 @@ def compare_runs(store: Store, run_a: int, run_b: int) -> pd.DataFrame:
     for run_id in (run_a, run_b):
         run = store.get_run(run_id)
         if run is None:
-            raise UserError(f"no run with id {run_id} in {store.url}")
+            raise UserError(f"no run with id {run_id} in {store.display_url}")
         runs[run_id] = run
     if runs[run_a].suite != runs[run_b].suite:
         raise UserError(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from harness.redact import mask_secrets
 from harness.store import Run
 
 
@@ -50,8 +51,11 @@ class Provenance:
                 ("run status", latest.status),
                 ("command", latest.command or "-"),
             ]
+            if any(r.trust_checkpoints for r in self.runs):
+                out.append(("checkpoints", "TRUSTED: user checkpoints were fully unpickled (--trust-checkpoints)"))
         out.append(("report generated", self.generated_at))
-        return out
+        # Runs stored before passwords were masked at the source are masked here, in every format.
+        return [(key, mask_secrets(value)) for key, value in out]
 
 
 def _device_text(run: Run) -> str:

@@ -129,7 +129,7 @@ def _expand_rows(spec: TableSpec, results: list[dict[str, Any]]) -> list[RowSpec
     param = spec.expand.param
     refs = dict(spec.expand.refs)
     values = sorted(
-        {_hashable(result_value(r, param)) for r in results if spec.match.accepts(r)} - {None}, key=_sort_key
+        {_hashable(_expanded_value(r, param)) for r in results if spec.match.accepts(r)} - {None}, key=_sort_key
     )
     for value in values:
         if param in AXIS_NAMES:
@@ -138,6 +138,13 @@ def _expand_rows(spec: TableSpec, results: list[dict[str, Any]]) -> list[RowSpec
             match = Match(params=((param, value),))
         rows.append(RowSpec(spec.expand.label.format(value=value), refs.get(str(value)), match))
     return rows
+
+
+def _expanded_value(result: dict[str, Any], param: str) -> Any:
+    """The value an expanded row matches on: the parameter itself, even where a metric has its name
+    (the selector's target ``density`` parameter vs its measured ``density``)."""
+    params = result.get("params", {})
+    return params[param] if param in params else result_value(result, param)
 
 
 def _hashable(value: Any) -> Any:

@@ -68,6 +68,13 @@ def parameter_count(model: nn.Module) -> int:
         Metric("pixel_accuracy", "%", "higher"),
         Metric("train_seconds", "s", "none", doc="training wall time when the artifact was built"),
         Metric("train_seconds_per_iter", "s", "none"),
+        Metric(
+            "iou_{class}",
+            "%",
+            "higher",
+            doc="IoU of each class present in val (class name, spaces as _; absent classes: note absent_classes)",
+            optional=True,
+        ),
     ],
     version="1",
 )

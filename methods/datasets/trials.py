@@ -40,13 +40,34 @@ def _thing_ids(name: str, classes: tuple[str, ...]) -> tuple[int, ...]:
         Param("factor", int, 2, doc="downsampling factor of the label round trip", low=2, high=8),
     ],
     metrics=[
-        *(Metric(f"size_{metric_key(c)}", "%", "none", doc=f"share of pixels labelled {c}") for c in EMBEDDED_CLASSES),
+        *(
+            Metric(f"size_{metric_key(c)}", "%", "none", doc=f"share of pixels labelled {c}", optional=True)
+            for c in EMBEDDED_CLASSES
+        ),
         Metric("void_share", "%", "none", doc="share of ignored (255) pixels"),
         Metric("downsample_pixel_error", "%", "none", doc="non-void pixels whose label changes in the round trip"),
         Metric("lost_pixels_things", "%", "none", doc="thing-class pixels whose label changes"),
-        Metric("lost_pixels_small", "%", "none", doc="pixels of small objects (< 0.1 % of the frame) that change"),
-        Metric("lost_instances_small", "%", "none", doc="small objects with no pixel left after the round trip"),
-        Metric("lost_pixels_large", "%", "none", doc="pixels of large objects (>= 1 % of the frame) that change"),
+        Metric(
+            "lost_pixels_small",
+            "%",
+            "none",
+            doc="pixels of small objects (< 0.1 % of the frame) that change",
+            optional=True,
+        ),
+        Metric(
+            "lost_instances_small",
+            "%",
+            "none",
+            doc="small objects with no pixel left after the round trip",
+            optional=True,
+        ),
+        Metric(
+            "lost_pixels_large",
+            "%",
+            "none",
+            doc="pixels of large objects (>= 1 % of the frame) that change",
+            optional=True,
+        ),
         Metric("small_objects_per_image", "", "none", doc="thing components below 0.1 % of the frame"),
         Metric("load_latency", "ms", "lower", doc="time to produce one sample (generation for embedded)"),
         Metric("images_per_s", "img/s", "higher", doc="1000 / load_latency"),

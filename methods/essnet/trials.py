@@ -123,8 +123,10 @@ def crossover(classes: list[int], linear: list[float], embedding: list[float]) -
         *SHAPE_PARAMS,
     ],
     metrics=[
-        Metric("latency_crossover", "classes", "none", doc="C where embedding latency < linear (both ran)"),
-        Metric("memory_crossover", "classes", "none", doc="C where embedding memory < linear"),
+        Metric(
+            "latency_crossover", "classes", "none", doc="C where embedding latency < linear (both ran)", optional=True
+        ),
+        Metric("memory_crossover", "classes", "none", doc="C where embedding memory < linear", optional=True),
     ],
     axes=("precision", "batch_size", "device"),
     version="1",

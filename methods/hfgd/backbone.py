@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from methods.safe_load import safe_torch_load
+
 
 def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (kernel - 1) // 2
@@ -127,7 +129,8 @@ def build_backbone(name: str) -> ResNet:
     return ResNet(configs[name])
 
 
-def load_backbone_weights(backbone: ResNet, path: Path | str) -> None:
-    """Load a state dict saved from this module's ResNet (strict, so a mismatch is reported)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+def load_backbone_weights(backbone: ResNet, path: Path | str, *, trusted: bool = False) -> None:
+    """Load a state dict saved from this module's ResNet (strict, so a mismatch is reported), under
+    the rule of :func:`methods.safe_load.safe_torch_load` (``trusted``: the user's --trust-checkpoints)."""
+    state = safe_torch_load(path, trusted=trusted)
     backbone.load_state_dict(state.get("state_dict", state), strict=True)

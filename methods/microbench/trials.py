@@ -22,6 +22,15 @@ from harness.registry import Metric, Param, trial
         Param("height", int, 64, doc="input height", low=1),
         Param("width", int, 128, doc="input width", low=1),
         Param("extra_convs", int, 0, doc="test-only: extra convolutions per call, to slow the unit on purpose", low=0),
+        Param(
+            "work_factor",
+            float,
+            1.0,
+            doc="test-only: each call does this many times the work (the convolutions run again on a slice "
+            "of the input), to slow the unit by a known factor",
+            low=1.0,
+            high=2.0,
+        ),
     ],
     metrics=[Metric("latency", "ms", "lower"), Metric("gmacs", "G", "none")],
     axes=("precision", "batch_size", "device"),
@@ -33,6 +42,11 @@ def conv2d_latency(ctx: TrialContext) -> None:
     x = timing.prepare_input(
         torch.randn(ctx.batch_size, p["channels"], p["height"], p["width"]), precision=ctx.precision, device=ctx.device
     )
-    ctx.measure("latency", lambda: model(x))
-    macs = len(layers) * ctx.batch_size * p["height"] * p["width"] * p["channels"] ** 2 * 9
+    rows = round((p["work_factor"] - 1.0) * p["height"])
+    if rows:  # a 3x3 convolution's cost is linear in the rows it covers
+        x_extra = x[..., :rows, :].clone()
+        ctx.measure("latency", lambda: (model(x), model(x_extra)))
+    else:
+        ctx.measure("latency", lambda: model(x))
+    macs = len(layers) * ctx.batch_size * (p["height"] + rows) * p["width"] * p["channels"] ** 2 * 9
     ctx.record("gmacs", macs / 1e9)

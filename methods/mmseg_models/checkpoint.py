@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,28 +10,10 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
+from methods.safe_load import safe_torch_load
 
 # Prefixes a state_dict may carry: our wrapper's attribute, and DistributedDataParallel's.
 STRIPPABLE_PREFIXES = ("segmentor.", "module.")
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
-
-
-def _read_checkpoint(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # mmseg checkpoints keep mmengine objects in 'meta'; retried below
-    except Exception as error:
-        raise UserError(f"cannot read checkpoint {path}: {_one_line(error)}") from error
-    # The user's own checkpoint is trusted the way mmengine trusts it: a full unpickle.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise UserError(f"cannot read checkpoint {path}: {_one_line(error)}") from error
 
 
 def _strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -66,12 +47,11 @@ def _mismatch_summary(target: nn.Module, state_dict: dict[str, torch.Tensor]) ->
     return "; ".join(parts)
 
 
-def load_user_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load ``path`` into ``model`` (strict). Any unreadable or mismatching file -> one-line UserError."""
+def load_user_checkpoint(model: nn.Module, path: str | Path, *, trusted: bool = False) -> None:
+    """Load ``path`` into ``model`` (strict). Any unreadable, refused (see :mod:`methods.safe_load`;
+    ``trusted`` is the user's --trust-checkpoints) or mismatching file -> one-line UserError."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist or is not a file")
-    state_dict = extract_state_dict(_read_checkpoint(path), path)
+    state_dict = extract_state_dict(safe_torch_load(path, trusted=trusted), path)
     target = getattr(model, "segmentor", model)  # mmseg checkpoints hold the segmentor's keys
     summary = _mismatch_summary(target, state_dict)
     if summary:

@@ -138,4 +138,5 @@ def selection_spec(params: dict[str, Any]) -> SelectionSpec:
         alpha=params["alpha"],
         density=params["density"],
         threshold=params["threshold"],
+        recall=params.get("recall", 0.0),
     )

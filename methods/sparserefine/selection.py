@@ -1,14 +1,17 @@
 """Selectors resolved on a dataset: thresholds calibrated on the train split, masks per image.
 
 Every selector except the oracle scores pixels and keeps those above a threshold. The entropy
-selector's threshold is the given α. The magnitude and learnable selectors take an explicit
+selector's threshold is α: given, or calibrated on the train split (never on the split a result is
+reported on) either to a recall of the LR errors (the paper's rule, supp. §1.1) or, for the entropy
+selector itself, to a target density. The magnitude and learnable selectors take an explicit
 threshold, or one calibrated on the train split to a target density; the random selector keeps
-each pixel with that density. A target density of 0 means "match the entropy selector at α on the
-train split", the matched-density comparison of Table 5a.
+each pixel with that density. A target density of 0 means "match the entropy selector at its α on
+the train split", the matched-density comparison of Table 5a.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ class SelectionSpec:
     alpha: float = 0.3
     density: float = 0.0
     threshold: float = -1.0
+    recall: float = 0.0  # > 0: α is the largest that reaches this recall of the train split's LR errors
 
     def __post_init__(self) -> None:
         if self.selector not in SELECTORS:
@@ -129,20 +133,30 @@ class ResolvedSelector:
         self._learnable_scores: dict[tuple[int, int], torch.Tensor] = {}
         if spec.selector == "learnable" and learnable is None:
             raise ValueError("the learnable selector needs its trained model")
+        self.alpha = self._entropy_alpha(train)
         self.target_density = self._target_density(train)
         self.threshold = self._threshold(train)
+
+    def _entropy_alpha(self, train: SplitOutputs) -> float:
+        """α of the entropy selector (this one, or the one the others are matched to)."""
+        if self.spec.selector == "entropy" and self.spec.density > 0:
+            entropies = torch.cat([train.entropy(i).reshape(-1) for i in range(len(train))])
+            return threshold_for_density(entropies, self.spec.density)
+        if self.spec.recall > 0:
+            return alpha_for_recall(train, self.spec.recall)
+        return self.spec.alpha
 
     def _target_density(self, train: SplitOutputs) -> float:
         if self.spec.selector in ("entropy", "oracle"):
             return float("nan")
         if self.spec.density > 0:
             return self.spec.density
-        selected = sum(int((train.entropy(i) > self.spec.alpha).sum()) for i in range(len(train)))
+        selected = sum(int((train.entropy(i) > self.alpha).sum()) for i in range(len(train)))
         return selected / train.labels.numel()
 
     def _threshold(self, train: SplitOutputs) -> float:
         if self.spec.selector == "entropy":
-            return self.spec.alpha
+            return self.alpha
         if self.spec.selector in ("random", "oracle"):
             return float("nan")
         if self.spec.threshold >= 0:
@@ -182,4 +196,25 @@ class ResolvedSelector:
             "selector": self.spec.selector,
             "threshold": self.threshold,
             "target_density": self.target_density,
+            "entropy_alpha": self.alpha,
+            "calibrated_on": "train" if self._calibrated() else "not calibrated (given)",
         }
+
+    def _calibrated(self) -> bool:
+        spec = self.spec
+        if spec.selector == "entropy":
+            return spec.density > 0 or spec.recall > 0
+        if spec.selector in ("magnitude", "learnable"):
+            return spec.threshold < 0
+        return spec.selector == "random" and spec.density == 0  # matched to the entropy selector on train
+
+
+def alpha_for_recall(train: SplitOutputs, recall: float) -> float:
+    """The largest entropy threshold α whose selection (entropy > α) holds at least ``recall`` of the
+    pixels the LR prediction gets wrong on ``train``."""
+    error_entropies = torch.cat([train.entropy(i)[train.errors(i)] for i in range(len(train))])
+    if error_entropies.numel() == 0:
+        return float("inf")
+    ranked = torch.sort(error_entropies.float(), descending=True).values
+    need = min(max(int(math.ceil(recall * ranked.numel())), 1), ranked.numel())
+    return float(torch.nextafter(ranked[need - 1], torch.tensor(float("-inf"))))

@@ -162,8 +162,16 @@ def train_refiner(
             if pixels.coords.shape[0] == 0 or bool((pixels.labels == 255).all()):
                 sched.step()
                 continue
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-                y, _ = model(pixels)
+            try:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+                    y, _ = model(pixels)
+            except ValueError as exc:
+                # A crop so sparse that a coarse level holds one site: batch norm cannot train on it.
+                # Skipped like an empty crop (only very low densities on tiny crops get here).
+                if "Expected more than 1 value per channel" not in str(exc):
+                    raise
+                sched.step()
+                continue
             log_probs = class_softmax(y.float(), log=True)  # = F.cross_entropy, minus its slow log_softmax
             loss = F.nll_loss(log_probs, pixels.labels, weight=weights, ignore_index=255)
             opt.zero_grad(set_to_none=True)
@@ -253,9 +261,11 @@ def evaluate(
     features: Features | None,
     progress: Progress,
     backend: str | None = None,
+    on_image: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> EvalResult:
     """Refined and LR confusion matrices on ``val`` and the selection statistics; the extractor runs
-    on ``backend`` (default: its own) for the evaluation only."""
+    on ``backend`` (default: its own) for the evaluation only. ``on_image(lr_pred, refined_pred,
+    labels)`` (each [1, H, W]) sees every image's maps, for metrics beyond the confusion matrices."""
     from methods.metrics import ConfusionMatrix
     from methods.sparse import set_backend
 
@@ -291,5 +301,7 @@ def evaluate(
         sites += int(pixels.coords.shape[0])
         refined.update(refined_pred, labels)
         lr.update(lr_pred, labels)
+        if on_image is not None:
+            on_image(lr_pred, refined_pred, labels)
         progress(f"sparserefine: evaluating {i + 1}/{len(val)}")
     return EvalResult(refined, lr, counts, sites, len(val))

@@ -33,8 +33,18 @@ SELECTION_PARAMS = [
         "density",
         float,
         0.0,
-        doc="target density (fraction) for random/magnitude/learnable; 0 = match the entropy selector "
-        "at alpha on the train split",
+        doc="target density (fraction), calibrated on the train split: the entropy selector's α, the "
+        "magnitude/learnable threshold, the random rate; 0 = α as given (entropy) / match the entropy "
+        "selector's density on the train split (the others)",
+        low=0.0,
+        high=1.0,
+    ),
+    Param(
+        "recall",
+        float,
+        0.0,
+        doc="> 0: α is calibrated on the train split as the largest that selects this fraction of the LR "
+        "errors (the paper's rule, supp. §1.1); overrides alpha",
         low=0.0,
         high=1.0,
     ),
@@ -133,8 +143,10 @@ def _selection_stats(exp, selector, split: str):
         Metric("density", "%", "none", doc="selected pixels / all pixels"),
         Metric("recall", "%", "higher", doc="LR errors selected / LR errors"),
         Metric("precision", "%", "higher", doc="LR errors selected / selected"),
-        Metric("threshold", "", "none", doc="threshold in force (α for entropy)"),
-        Metric("latency", "ms", "lower"),
+        Metric(
+            "threshold", "", "none", doc="threshold in force (α for entropy; none for random/oracle)", optional=True
+        ),
+        Metric("latency", "ms", "lower", doc="measure_latency only", optional=True),
     ],
     axes=("precision", "batch_size", "device"),
     version="2",
@@ -244,7 +256,14 @@ def selector_curve_trial(ctx: TrialContext) -> None:
         Metric("recall", "%", "higher"),
         Metric("precision", "%", "higher"),
         Metric("train_seconds", "s", "none", doc="refiner training time when it was built"),
-        Metric("latency", "ms", "lower", doc="selector + extractor + ensembler (measure_latency)"),
+        Metric("latency", "ms", "lower", doc="selector + extractor + ensembler (measure_latency)", optional=True),
+        Metric(
+            "iou_{class}",
+            "%",
+            "higher",
+            doc="refined IoU of each class present in val (class name, spaces as _), as baseline.evaluate's",
+            optional=True,
+        ),
     ],
     axes=("precision", "batch_size", "device"),
     version="2",
@@ -293,9 +312,256 @@ def pipeline_trial(ctx: TrialContext) -> None:
     ctx.note("miou_absent_as_zero_lr", result.lr.miou_absent_as_zero())
     ctx.note("miou_absent_as_zero_hr", hr_cm.miou_absent_as_zero())
     ctx.note("per_class_iou", {"refined": result.refined.per_class_iou(), "lr": result.lr.per_class_iou()})
+    classes = _class_names(ctx, result.refined.num_classes)
+    ctx.note("classes", list(classes))
+    for name, iou in zip(classes, result.refined.per_class_iou(), strict=True):
+        if not math.isnan(iou):
+            ctx.record(per_class_metric(name), iou, unit="%", better="higher")
     ctx.note("val_sites", result.sites)
     if ctx.params["measure_latency"]:
         _measure_refinement(ctx, exp, model, selector)
+
+
+@trial(
+    "sparserefine.patchrefine",
+    doc="Table 4: PatchRefine, the pipeline with every patch x patch cell that holds a selected pixel "
+    "refined densely by the same extractor (trained on such patches), on the frozen LR baseline.",
+    params=[
+        *SELECTION_PARAMS,
+        *REFINER_PARAMS,
+        Param(
+            "patch", int, 256, doc="patch side in pixels of the unit's images (paper: 256 or 512 at 1024x2048)", low=1
+        ),
+        Param("measure_latency", bool, False, doc="time the refinement of the patch pixels (as the pipeline's)"),
+    ],
+    metrics=[
+        Metric("miou", "%", "higher", doc="refined, mmseg nan-mean"),
+        Metric("miou_lr", "%", "none", doc="LR dense baseline on the same val images"),
+        Metric("miou_hr", "%", "none", doc="HR dense baseline on the same val images"),
+        Metric("gap_closed", "%", "higher", doc="(refined - LR) / (HR - LR)"),
+        Metric("density", "%", "none", doc="refined pixels (the patches) / all pixels, val"),
+        Metric("selected_density", "%", "none", doc="pixels the selector picks / all pixels, val"),
+        Metric("train_seconds", "s", "none", doc="refiner training time when it was built"),
+        Metric("latency", "ms", "lower", doc="as the pipeline's latency, on the patch pixels", optional=True),
+    ],
+    axes=("precision", "batch_size", "device"),
+    version="1",
+)
+def patchrefine_trial(ctx: TrialContext) -> None:
+    from methods.metrics import ConfusionMatrix
+    from methods.sparserefine.experiment import selection_spec
+    from methods.sparserefine.patches import PatchSelector
+    from methods.sparserefine.training import evaluate
+
+    exp = _experiment(ctx)
+    inner = exp.selector(selection_spec(ctx.params))
+    selector = PatchSelector(inner, ctx.params["patch"])
+    config = exp.refiner_config(ctx.params)
+    model, record = exp.refiner(config, selector)
+    features = exp.features("val") if config.uses_features else None
+    result = evaluate(model, selector, exp.val, features, ctx.progress, backend=exp.training.backend)
+    if config.arch != "pointnet":
+        from methods.sparse import set_backend
+
+        set_backend(model.extractor, config.backend)
+    hr = exp.hr_reference()
+    hr_cm = ConfusionMatrix(hr["num_classes"])
+    hr_cm.counts = hr["counts"].clone()
+    miou, lr, hr_miou = result.refined.miou(), result.lr.miou(), hr_cm.miou()
+    ctx.record("miou", miou)
+    ctx.record("miou_lr", lr)
+    ctx.record("miou_hr", hr_miou)
+    ctx.record("gap_closed", 100.0 * (miou - lr) / (hr_miou - lr) if hr_miou != lr else float("nan"))
+    ctx.record("density", result.selection.as_dict()["density"])
+    val = exp.val
+    selected = sum(int(inner.mask(val, i).sum()) for i in range(len(val)))
+    ctx.record("selected_density", 100.0 * selected / val.labels.numel())
+    ctx.record("train_seconds", record["seconds"])
+    ctx.note("selector", selector.describe())
+    ctx.note("val_sites", result.sites)
+    if ctx.params["measure_latency"]:
+        _measure_refinement(ctx, exp, model, selector)
+
+
+@trial(
+    "sparserefine.pointrend",
+    doc="Table 3b: PointRend on the frozen LR baseline: the most uncertain points of a reduced-resolution "
+    "grid refined by a point-wise MLP on interpolated coarse logits and LR features (no high-resolution "
+    "image), trained on the train split, evaluated on val at full resolution.",
+    params=[
+        Param(
+            "scale",
+            float,
+            0.6875,
+            doc="point grid / full resolution (paper: 704x1408 of 1024x2048)",
+            low=0.01,
+            high=1.0,
+        ),
+        Param(
+            "density",
+            float,
+            0.118,
+            doc="share of the grid's points refined per image (top-k uncertainty)",
+            low=0.0,
+            high=1.0,
+        ),
+        Param("hidden", int, 256, doc="MLP width (PointRend: 256)", low=1),
+        Param("layers", int, 3, doc="MLP layers (PointRend: 3)", low=1),
+        Param("measure_latency", bool, False, doc="time point selection + MLP + write-back + upsampling"),
+    ],
+    metrics=[
+        Metric("miou", "%", "higher", doc="PointRend, mmseg nan-mean, full resolution"),
+        Metric("miou_lr", "%", "none", doc="LR dense baseline on the same val images"),
+        Metric("miou_hr", "%", "none", doc="HR dense baseline on the same val images"),
+        Metric("gap_closed", "%", "higher", doc="(PointRend - LR) / (HR - LR)"),
+        Metric("density", "%", "none", doc="refined points / full-resolution pixels"),
+        Metric("train_seconds", "s", "none"),
+        Metric("latency", "ms", "lower", doc="from the LR-grid logits and features (measure_latency)", optional=True),
+    ],
+    axes=("precision", "batch_size", "device"),
+    version="1",
+)
+def pointrend_trial(ctx: TrialContext) -> None:
+    from methods.metrics import ConfusionMatrix
+    from methods.sparserefine import pointrend as pr
+
+    p = ctx.params
+    exp = _experiment(ctx)
+    train, val = exp.train, exp.val
+    config = pr.PointRendConfig(
+        train.num_classes, int(exp.lr_model.feature_channels), p["hidden"], p["layers"], p["scale"], p["density"]
+    )
+    head, record = pr.train_head(
+        config, train, exp.features("train").grid, exp.training.epochs, exp.training.lr, ctx.seed, ctx.progress
+    )
+    feats = exp.features("val").grid
+    height, width = val.labels.shape[-2:]
+    size = pr.reduced_size(height, width, config.scale)
+    k = pr.points_per_image(size, config.density)
+    refined, lr = ConfusionMatrix(val.num_classes), ConfusionMatrix(val.num_classes)
+    with torch.inference_mode():
+        for i in range(len(val)):
+            points = pr.select_points(val.logits_grid[i : i + 1], feats[i : i + 1], size, k)
+            refined.update(pr.predict(head, points, (height, width)), val.labels[i : i + 1])
+            lr.update(val.prediction(i), val.labels[i : i + 1])
+    hr = exp.hr_reference()
+    hr_cm = ConfusionMatrix(hr["num_classes"])
+    hr_cm.counts = hr["counts"].clone()
+    miou, lr_miou, hr_miou = refined.miou(), lr.miou(), hr_cm.miou()
+    ctx.record("miou", miou)
+    ctx.record("miou_lr", lr_miou)
+    ctx.record("miou_hr", hr_miou)
+    ctx.record("gap_closed", 100.0 * (miou - lr_miou) / (hr_miou - lr_miou) if hr_miou != lr_miou else float("nan"))
+    ctx.record("density", 100.0 * k / (height * width))
+    ctx.record("train_seconds", record["seconds"])
+    ctx.note("training", {**record, "grid": list(size), "epochs": exp.training.epochs, "lr": exp.training.lr})
+    if p["measure_latency"]:
+        idx = [i % len(val) for i in range(ctx.batch_size)]
+        dtype = timing.precision_dtype(ctx.precision)
+        device = timing.check_device(ctx.device)
+        timing.probe_precision(ctx.precision, ctx.device)
+        model = timing.prepare_for_latency(head, precision=ctx.precision, device=ctx.device, channels_last=False)
+        logits = val.logits_grid[idx].to(device, dtype)
+        grid_feats = feats[idx].to(device, dtype)
+
+        def run() -> torch.Tensor:
+            points = pr.select_points(logits, grid_feats, size, k)
+            points.fine, points.coarse = points.fine.to(dtype), points.coarse.to(dtype)
+            return pr.predict(model, points, (height, width))
+
+        ctx.measure("latency", run)
+
+
+SIZE_METRICS = [
+    m
+    for name in ("small", "medium", "large")
+    for m in (
+        Metric(f"size_miou_lr_{name}", "%", "none", doc=f"LR mIoU on the {name} objects' pixels", optional=True),
+        Metric(f"size_miou_sr_{name}", "%", "higher", doc=f"refined mIoU on the {name} objects' pixels", optional=True),
+        Metric(f"size_gain_{name}", "pt", "higher", doc=f"refined - LR mIoU, {name} objects", optional=True),
+        Metric(f"size_objects_{name}", "", "none", doc=f"{name} objects in val (0: no mIoU for the bin)"),
+    )
+]
+
+
+@trial(
+    "sparserefine.object_sizes",
+    doc="Supp. Fig. 3: mIoU of the LR baseline and of LR + SparseRefine on the val pixels of small, medium "
+    "and large objects (4-connected ground-truth components of each class, binned by their share of the "
+    "frame); the refiner is the pipeline's (same cache).",
+    params=[
+        *SELECTION_PARAMS,
+        *REFINER_PARAMS,
+        Param(
+            "small_below",
+            float,
+            0.001,
+            doc="an object covering less than this share of the frame is small",
+            low=0.0,
+            high=1.0,
+        ),
+        Param(
+            "large_above",
+            float,
+            0.01,
+            doc="an object covering at least this share of the frame is large",
+            low=0.0,
+            high=1.0,
+        ),
+    ],
+    metrics=[
+        *SIZE_METRICS,
+        Metric("miou", "%", "higher", doc="refined, all pixels (as the pipeline's)"),
+        Metric("miou_lr", "%", "none", doc="LR, all pixels"),
+    ],
+    axes=("precision", "batch_size", "device"),
+    version="1",
+)
+def object_sizes_trial(ctx: TrialContext) -> None:
+    from methods.sparserefine.experiment import selection_spec
+    from methods.sparserefine.object_sizes import SIZE_BINS, SizeBinnedScores
+    from methods.sparserefine.training import evaluate
+
+    p = ctx.params
+    exp = _experiment(ctx)
+    selector = exp.selector(selection_spec(p))
+    config = exp.refiner_config(p)
+    model, _ = exp.refiner(config, selector)
+    features = exp.features("val") if config.uses_features else None
+    scores = SizeBinnedScores(exp.val.num_classes, p["small_below"], p["large_above"])
+    result = evaluate(
+        model, selector, exp.val, features, ctx.progress, backend=exp.training.backend, on_image=scores.update
+    )
+    ctx.record("miou", result.refined.miou())
+    ctx.record("miou_lr", result.lr.miou())
+    for name in SIZE_BINS:
+        ctx.record(f"size_objects_{name}", scores.objects[name])
+        if scores.objects[name] == 0:
+            continue
+        lr, sr = scores.miou("lr", name), scores.miou("refined", name)
+        ctx.record(f"size_miou_lr_{name}", lr)
+        ctx.record(f"size_miou_sr_{name}", sr)
+        ctx.record(f"size_gain_{name}", sr - lr)
+    ctx.note("selector", selector.describe())
+    ctx.note("size_pixels", dict(scores.pixels))
+    ctx.note(
+        "size_bins",
+        {"small": f"< {p['small_below']:.2%}", "medium": "between", "large": f">= {p['large_above']:.2%}"},
+    )
+
+
+def per_class_metric(name: str) -> str:
+    """The metric of one class's IoU, as baseline.evaluate names it: ``iou_traffic_light``."""
+    return f"iou_{name.replace(' ', '_')}"
+
+
+def _class_names(ctx: TrialContext, num_classes: int) -> tuple[str, ...]:
+    from methods.datasets import build_dataset
+
+    classes = tuple(build_dataset(ctx.dataset, "val").classes)
+    if len(classes) != num_classes:
+        raise ValueError(f"the val split names {len(classes)} classes, the LR outputs have {num_classes}")
+    return classes
 
 
 def _measure_refinement(ctx: TrialContext, exp, model, selector) -> None:
@@ -322,12 +588,14 @@ def _measure_refinement(ctx: TrialContext, exp, model, selector) -> None:
 
 
 def _main_refiner(ctx: TrialContext, exp):
+    """The default refiner (entropy selector, RGB, gated) and the entropy α in force."""
     from methods.sparserefine.selection import SelectionSpec
 
-    selector = exp.selector(SelectionSpec("entropy", ctx.params["alpha"]))
+    selector = exp.selector(SelectionSpec("entropy", ctx.params["alpha"], recall=ctx.params["recall"]))
+    ctx.note("selector", selector.describe())
     params = {**ctx.params, "inputs": "rgb", "ensembler": "gated"}
     model, _ = exp.refiner(exp.refiner_config(params), selector)
-    return model
+    return model, selector.threshold
 
 
 def _dense_macs(module: torch.nn.Module, height: int, width: int) -> float:
@@ -380,6 +648,7 @@ def _paper_grid_pixels(exp, model, batch_size: int, precision: str, device: str)
     "Also the extractor at the paper's 11.8% density on a 1024x2048 grid.",
     params=[
         Param("alpha", float, 0.3, doc="entropy threshold α"),
+        next(p for p in SELECTION_PARAMS if p.name == "recall"),
         *[p for p in REFINER_PARAMS if p.name in ("arch", "width_mult", "reps", "backend")],
         Param("paper_grid", bool, True, doc="also time the extractor on the paper's 1024x2048 grid"),
     ],
@@ -397,8 +666,8 @@ def _paper_grid_pixels(exp, model, batch_size: int, precision: str, device: str)
         Metric("lr_gmacs", "G", "lower"),
         Metric("hr_gmacs", "G", "lower"),
         Metric("density", "%", "none"),
-        Metric("extractor_latency_paper_grid", "ms", "lower", doc="at 11.8% of 1024x2048"),
-        Metric("extractor_gmacs_paper_grid", "G", "lower"),
+        Metric("extractor_latency_paper_grid", "ms", "lower", doc="at 11.8% of 1024x2048 (paper_grid)", optional=True),
+        Metric("extractor_gmacs_paper_grid", "G", "lower", doc="paper_grid only", optional=True),
     ],
     axes=("precision", "batch_size", "device"),
     version="2",
@@ -407,8 +676,7 @@ def breakdown_trial(ctx: TrialContext) -> None:
     from methods.sparserefine.costs import SparseRefinePipeline, count_macs
 
     exp = _experiment(ctx)
-    model = _main_refiner(ctx, exp)
-    alpha = ctx.params["alpha"]
+    model, alpha = _main_refiner(ctx, exp)
     # MACs first, in fp32 on the CPU, before the modules are folded and cast for timing.
     images_fp32 = _pipeline_inputs(ctx, exp).float().cpu()
     h, w = images_fp32.shape[-2:]
@@ -457,6 +725,7 @@ def breakdown_trial(ctx: TrialContext) -> None:
     "ensembler) on full-resolution val images (supplementary Table 3's '+ SparseRefine' rows).",
     params=[
         Param("alpha", float, 0.3, doc="entropy threshold α"),
+        next(p for p in SELECTION_PARAMS if p.name == "recall"),
         *[p for p in REFINER_PARAMS if p.name in ("arch", "width_mult", "reps", "backend")],
     ],
     metrics=[Metric("latency", "ms", "lower"), Metric("density", "%", "none")],
@@ -469,10 +738,10 @@ def latency_trial(ctx: TrialContext) -> None:
     timing.check_device(ctx.device)
     timing.probe_precision(ctx.precision, ctx.device)
     exp = _experiment(ctx)
-    model = _main_refiner(ctx, exp)
+    model, alpha = _main_refiner(ctx, exp)
     lr_module = timing.prepare_for_latency(exp.lr_model.module, precision=ctx.precision, device=ctx.device)
     refiner = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device, channels_last=False)
-    pipeline = SparseRefinePipeline(lr_module, refiner, ctx.params["alpha"], factor=2)
+    pipeline = SparseRefinePipeline(lr_module, refiner, alpha, factor=2)
     images = _pipeline_inputs(ctx, exp)
     with torch.inference_mode():
         pixels = pipeline.select(images, pipeline.dense(images))

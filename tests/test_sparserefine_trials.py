@@ -7,10 +7,9 @@ import math
 
 import pytest
 import torch
+from trial_runner import run_trial
 
 from harness.context import TrialContext
-from harness.registry import get_trial
-from harness.timing import TimingConfig
 
 DATASET = {"name": "embedded", "height": 64, "width": 128, "num_train": 4, "num_val": 2, "cache_dir": None}
 SCALE = {
@@ -36,19 +35,7 @@ def artifacts(tmp_path_factory):
 
 
 def run(name: str, artifacts, **params) -> TrialContext:
-    spec = get_trial(name)
-    ctx = TrialContext(
-        spec=spec,
-        params=spec.resolve_params(params),
-        scale_name="smoke",
-        scale=SCALE,
-        dataset=DATASET,
-        seed=2023,
-        timing=TimingConfig(warmup=0, iters=1),
-        artifacts_dir=artifacts,
-    )
-    spec.fn(ctx)
-    return ctx
+    return run_trial(name, artifacts, SCALE, DATASET, **params)
 
 
 def value(ctx: TrialContext, name: str) -> float:

@@ -234,6 +234,37 @@ def selector_curve_trial(ctx: TrialContext) -> None:
 # --- the trained pipeline -----------------------------------------------------------------------
 
 
+def _trained_and_evaluated(ctx: TrialContext, exp, selector) -> tuple[Any, dict[str, Any], Any]:
+    """The refiner for ``ctx.params`` trained on ``selector``'s train pixels (cached), and its val
+    evaluation; the extractor is left on the trial's backend for timing."""
+    from methods.sparserefine.training import evaluate
+
+    config = exp.refiner_config(ctx.params)
+    model, record = exp.refiner(config, selector)
+    features = exp.features("val") if config.uses_features else None
+    result = evaluate(model, selector, exp.val, features, ctx.progress, backend=exp.training.backend)
+    if config.arch != "pointnet":
+        from methods.sparse import set_backend
+
+        set_backend(model.extractor, config.backend)
+    return model, record, result
+
+
+def _record_gap(ctx: TrialContext, exp, result) -> Any:
+    """Record refined, LR and HR mIoU and the share of the LR->HR gap closed; returns the HR matrix."""
+    from methods.metrics import ConfusionMatrix
+
+    hr = exp.hr_reference()
+    hr_cm = ConfusionMatrix(hr["num_classes"])
+    hr_cm.counts = hr["counts"].clone()
+    miou, lr, hr_miou = result.refined.miou(), result.lr.miou(), hr_cm.miou()
+    ctx.record("miou", miou)
+    ctx.record("miou_lr", lr)
+    ctx.record("miou_hr", hr_miou)
+    ctx.record("gap_closed", 100.0 * (miou - lr) / (hr_miou - lr) if hr_miou != lr else float("nan"))
+    return hr_cm
+
+
 @trial(
     "sparserefine.pipeline",
     doc="SparseRefine on the frozen LR baseline: train the refiner (cached, keyed by its full "
@@ -269,29 +300,13 @@ def selector_curve_trial(ctx: TrialContext) -> None:
     version="2",
 )
 def pipeline_trial(ctx: TrialContext) -> None:
-    from methods.metrics import ConfusionMatrix
     from methods.sparserefine.experiment import selection_spec
-    from methods.sparserefine.training import evaluate
 
     exp = _experiment(ctx)
     selector = exp.selector(selection_spec(ctx.params))
-    config = exp.refiner_config(ctx.params)
-    model, record = exp.refiner(config, selector)
-    features = exp.features("val") if config.uses_features else None
-    result = evaluate(model, selector, exp.val, features, ctx.progress, backend=exp.training.backend)
-    if config.arch != "pointnet":
-        from methods.sparse import set_backend
-
-        set_backend(model.extractor, config.backend)
-    hr = exp.hr_reference()
-    hr_cm = ConfusionMatrix(hr["num_classes"])
-    hr_cm.counts = hr["counts"].clone()
-    miou, lr, hr_miou = result.refined.miou(), result.lr.miou(), hr_cm.miou()
-    ctx.record("miou", miou)
+    model, record, result = _trained_and_evaluated(ctx, exp, selector)
+    hr_cm = _record_gap(ctx, exp, result)
     ctx.record("miou_absent_as_zero", result.refined.miou_absent_as_zero())
-    ctx.record("miou_lr", lr)
-    ctx.record("miou_hr", hr_miou)
-    ctx.record("gap_closed", 100.0 * (miou - lr) / (hr_miou - lr) if hr_miou != lr else float("nan"))
     ctx.record("pixel_accuracy", result.refined.pixel_accuracy())
     ctx.record("pixel_accuracy_lr", result.lr.pixel_accuracy())
     for name, value in result.selection.as_dict().items():
@@ -301,7 +316,7 @@ def pipeline_trial(ctx: TrialContext) -> None:
     ctx.note(
         "training",
         {
-            "trained_ensembler": "gated" if config.ensembler == "gated" else "direct",
+            "trained_ensembler": "gated" if ctx.params["ensembler"] == "gated" else "direct",
             "shared_refiner": record["shared_training"],
             "steps": record["steps"],
             "mean_sites_per_step": record["mean_sites"],
@@ -348,30 +363,14 @@ def pipeline_trial(ctx: TrialContext) -> None:
     version="1",
 )
 def patchrefine_trial(ctx: TrialContext) -> None:
-    from methods.metrics import ConfusionMatrix
     from methods.sparserefine.experiment import selection_spec
     from methods.sparserefine.patches import PatchSelector
-    from methods.sparserefine.training import evaluate
 
     exp = _experiment(ctx)
     inner = exp.selector(selection_spec(ctx.params))
     selector = PatchSelector(inner, ctx.params["patch"])
-    config = exp.refiner_config(ctx.params)
-    model, record = exp.refiner(config, selector)
-    features = exp.features("val") if config.uses_features else None
-    result = evaluate(model, selector, exp.val, features, ctx.progress, backend=exp.training.backend)
-    if config.arch != "pointnet":
-        from methods.sparse import set_backend
-
-        set_backend(model.extractor, config.backend)
-    hr = exp.hr_reference()
-    hr_cm = ConfusionMatrix(hr["num_classes"])
-    hr_cm.counts = hr["counts"].clone()
-    miou, lr, hr_miou = result.refined.miou(), result.lr.miou(), hr_cm.miou()
-    ctx.record("miou", miou)
-    ctx.record("miou_lr", lr)
-    ctx.record("miou_hr", hr_miou)
-    ctx.record("gap_closed", 100.0 * (miou - lr) / (hr_miou - lr) if hr_miou != lr else float("nan"))
+    model, record, result = _trained_and_evaluated(ctx, exp, selector)
+    _record_gap(ctx, exp, result)
     ctx.record("density", result.selection.as_dict()["density"])
     val = exp.val
     selected = sum(int(inner.mask(val, i).sum()) for i in range(len(val)))

@@ -124,10 +124,11 @@ class Worker:
                "--artifacts", str(self.artifacts)]  # fmt: skip
         if timeout:
             cmd += ["--timeout", str(timeout)]
-        self.process = subprocess.Popen(
-            cmd, cwd=self.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.log.open("w"), text=True, bufsize=1,
-        )  # fmt: skip
+        with self.log.open("w") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                cmd, cwd=self.root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, text=True, bufsize=1,
+            )  # fmt: skip
         hello = self._read()
         if hello.get("protocol") != PROTOCOL:
             raise ABUnavailable(f"{self.name} worker speaks protocol {hello.get('protocol')}, not {PROTOCOL}")

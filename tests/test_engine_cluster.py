@@ -57,6 +57,12 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, str(TESTS / "engine_trials.py"), *args]
 
 
+def _local_run(path: Path, db: str, tmp_path: Path, *, workers: int) -> list[str]:
+    """The CLI command running ``path`` on the local submitit executor."""
+    return _cli("run", str(path), "--db", db, "--no-progress", "--executor", "local", "--workers", str(workers),
+                "--submitit-dir", str(tmp_path / "jobs"))  # fmt: skip
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -109,19 +115,7 @@ def test_local_executor_stores_what_inline_stores(tmp_path: Path, capsys: pytest
 
 def test_sigkill_a_local_worker_then_rerun_runs_only_the_missing_units(tmp_path: Path, postgres_db: str) -> None:
     path = suite_file(tmp_path, behave([1, 2, 3, 4, 5, 6], seconds=0.6))
-    command = _cli(
-        "run",
-        str(path),
-        "--db",
-        postgres_db,
-        "--no-progress",
-        "--executor",
-        "local",
-        "--workers",
-        "2",
-        "--submitit-dir",
-        str(tmp_path / "jobs"),
-    )
+    command = _local_run(path, postgres_db, tmp_path, workers=2)
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = Store(postgres_db)
     deadline = time.monotonic() + 120
@@ -157,24 +151,12 @@ def test_two_drivers_on_one_postgres_database(tmp_path: Path, postgres_db: str) 
     suites = [suite_file(tmp_path, behave([1, 2, 3, 4], seconds=0.1), name) for name in ("a", "b")]
     procs = [
         subprocess.Popen(
-            _cli(
-                "run",
-                str(path),
-                "--db",
-                postgres_db,
-                "--no-progress",
-                "--executor",
-                "local",
-                "--workers",
-                workers,
-                "--submitit-dir",
-                str(tmp_path / "jobs"),
-            ),
+            _local_run(path, postgres_db, tmp_path, workers=workers),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for path, workers in zip(suites, ("2", "1"), strict=True)  # 3 jobs and 2 drivers on 2 cores
+        for path, workers in zip(suites, (2, 1), strict=True)  # 3 jobs and 2 drivers on 2 cores
     ]
     outputs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs

@@ -17,7 +17,6 @@ shown (smoke and default numbers do not compare).
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -27,30 +26,21 @@ from typing import Any
 from scipy.stats import mannwhitneyu
 
 from harness.errors import UserError
+from harness.gate import identity, is_gated_value, is_timed
 from harness.store import Run, Store
 from harness.suite import GateSettings, Suite, load_suite
 
-TIME_UNITS = ("s", "ms", "us", "ns")
 CHART_W, CHART_H = 440, 190
 PAD_L, PAD_R, PAD_T, PAD_B = 56, 12, 12, 28
 MAX_X_LABELS = 8
 
 
 def gated_kind(metric: dict[str, Any]) -> str | None:
-    """How the gate treats a stored metric: "timed" (a time with raw samples), "value" (a
-    deterministic metric with a direction, compared within a tolerance) or None (informational:
-    no direction, or a time derived without samples)."""
-    if metric.get("unit") in TIME_UNITS:
-        return "timed" if metric.get("samples") else None
-    return "value" if metric.get("better", "none") != "none" else None
-
-
-def unit_key(row: dict[str, Any]) -> str:
-    """A unit's identity across runs: trial, section, label, axes, and its parameters when unlabelled
-    (the identity the gate matches units by)."""
-    parts = [row["trial"], row.get("section", ""), row.get("label", ""), row["precision"], row["batch_size"],
-             row["device"], None if row.get("label") else row["params"]]  # fmt: skip
-    return json.dumps(parts, sort_keys=True, default=str)
+    """How the gate treats a stored metric: "timed" (a time with raw samples, gated by the A/B),
+    "value" (a deterministic metric with a direction) or None (informational)."""
+    if is_timed(metric):
+        return "timed"
+    return "value" if is_gated_value(metric) else None
 
 
 def unit_title(row: dict[str, Any]) -> str:
@@ -125,7 +115,7 @@ def collect_history(store: Store, suite: Suite) -> History:
 
 
 def _add_row(series: dict[tuple[str, str], Series], index: int, row: dict[str, Any]) -> None:
-    key = unit_key(row)
+    key = identity(row)
     if row["status"] != "ok":
         # a failure is a point of every series this unit already has (unless it also ended ok in this run)
         for (k, _), s in series.items():

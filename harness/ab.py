@@ -15,7 +15,6 @@ unit's status and its timed metrics' samples, until ``{"quit": true}`` or end of
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -32,24 +31,10 @@ from typing import IO, Any
 
 from scipy import stats
 
+from harness.results import Status, gate_ids
+
 WORKER_MODULE = "harness.ab"
 PROTOCOL = 1
-
-
-def unit_identity(
-    trial: str, section: str, label: str, params: dict[str, Any], precision: str, batch_size: int, device: str
-) -> str:
-    """The gate's identity of a unit: the parameters count only when the unit has no label (label
-    the units you gate, so a test-only parameter can change without changing identity)."""
-    parts: dict[str, Any] = {
-        "trial": trial,
-        "section": section or "",
-        "label": label or "",
-        "axes": [precision, batch_size, device],
-    }
-    if not label:
-        parts["params"] = params
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --- the worker ------------------------------------------------------------------------------------
@@ -67,9 +52,8 @@ def _worker(suite_path: str, scale: str, artifacts: str, timeout: float | None) 
 
     methods.discover()
     units = {}
-    for unit in load_suite(suite_path).units(scale):
-        ident = unit_identity(unit.trial.name, unit.section, unit.label, unit.params, unit.precision,
-                              unit.batch_size, unit.device)  # fmt: skip
+    planned = load_suite(suite_path).units(scale)
+    for ident, unit in zip(gate_ids([u.identity for u in planned]), planned, strict=True):
         units[ident] = unit
     listing = [{"identity": k, "unit": u.describe()} for k, u in units.items()]
     proto.write(json.dumps({"protocol": PROTOCOL, "units": listing}) + "\n")
@@ -80,11 +64,11 @@ def _worker(suite_path: str, scale: str, artifacts: str, timeout: float | None) 
             break
         unit = units.get(request.get("measure", ""))
         if unit is None:
-            proto.write(json.dumps({"status": "failed", "error": "no such unit", "samples": {}}) + "\n")
+            proto.write(json.dumps({"status": Status.FAILED.value, "error": "no such unit", "samples": {}}) + "\n")
             continue
-        record, _ = execute_unit(unit, options)
-        samples = {name: list(s) for name, _v, _u, _b, s in record.metrics if s}
-        proto.write(json.dumps({"status": record.status, "error": record.error, "samples": samples}) + "\n")
+        row, _ = execute_unit(unit, options)
+        samples = {m.name: list(m.samples) for m in row.metrics.values() if m.samples}
+        proto.write(json.dumps({"status": row.status.value, "error": row.error, "samples": samples}) + "\n")
     return 0
 
 
@@ -296,7 +280,7 @@ def _interleave(plan: ABPlan, sides: dict[str, Worker], say: Any) -> tuple[dict[
             say(f"A/B round {r + 1}/{total}: {sides['head'].units[ident][:60]}")
             first, second = ("base", "head") if (r + i) % 2 == 0 else ("head", "base")
             answers = {first: sides[first].measure(ident), second: sides[second].measure(ident)}
-            bad = next((s for s in ("head", "base") if answers[s]["status"] != "ok"), None)
+            bad = next((s for s in ("head", "base") if answers[s]["status"] != Status.OK), None)
             if bad is not None:
                 broken[ident] = (bad, f"{answers[bad]['status']}: {answers[bad]['error']}"[:300])
                 continue

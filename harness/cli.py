@@ -68,17 +68,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_suite(path: str) -> Any:
+def _load_suite(path: str, overrides: list[str] | None = None, *, with_units: bool = True) -> Any:
+    """The suite at ``path`` with ``--set`` overrides; ``with_units=False`` reads it without the
+    method packages (for ``report`` and ``check``, which take a run's units from the database)."""
     from harness.suite import load_suite
 
-    load_methods()
-    return load_suite(path)
+    if with_units:
+        load_methods()
+    return load_suite(path, overrides or (), with_units=with_units)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.suites:
-        suite = _load_suite(path)
-        counts = {s: len(suite.units(s)) for s in (suite.scales or {"default": {}})}
+        suite = _load_suite(path, args.set)
+        counts = {s: len(suite.units(s)) for s in suite.scale_names()}
         out.print(f"{path}: ok ({', '.join(f'{s}: {n} units' for s, n in counts.items())})")
     return EXIT_OK
 
@@ -86,7 +89,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import RunOptions, run_suite, select_units, summary_table
 
-    suite = _load_suite(args.suite)
+    suite = _load_suite(args.suite, args.set)
     options = RunOptions(
         scale=args.scale,
         force=args.force,
@@ -100,12 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     units = select_units(suite.units(args.scale), args.only)
     if args.dry_run:
-        table = Table(title=f"{suite.name} at scale {args.scale}: {len(units)} units")
-        for col in ("#", "key", "section", "unit"):
-            table.add_column(col, overflow="fold")
-        for i, u in enumerate(units, 1):
-            table.add_row(str(i), u.key, u.section, u.describe())
-        out.print(table)
+        _dry_run(args, suite, units)
         return EXIT_OK
     if not units:
         raise UserError(f"{args.suite}: --only {args.only!r} matches no unit")
@@ -124,10 +122,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         from harness.reports import build_report
 
-        paths = build_report(store, Path(args.suite), None, ["pdf", "md", "html"], Path(args.report_dir))
+        paths = build_report(store, suite, None, ["pdf", "md", "html"], Path(args.report_dir))
         for p in paths:
             out.print(f"report: {p}")
     return EXIT_REGRESSION_OR_FAILURE if summary.has_failures else EXIT_OK
+
+
+def _dry_run(args: argparse.Namespace, suite: Any, units: list[Any]) -> None:
+    """``harness run --dry-run``: the units, each with its time estimated from earlier runs in the
+    database (when there is one), and the total."""
+    from harness.runner import estimate_times, format_seconds, total_estimate
+
+    try:
+        store = open_store(args.db, create=False)
+    except UserError as exc:  # no database yet, or one to upgrade: list the units without estimates
+        err.print(f"no time estimates: {one_line(str(exc))}", highlight=False, soft_wrap=True, markup=False)
+        store = None
+    estimates = estimate_times(units, store, force=args.force)
+    table = Table(title=f"{suite.name} at scale {args.scale}: {len(units)} units")
+    for col in ("#", "key", "section", "unit", "est. time", "estimated from"):
+        table.add_column(col, overflow="fold")
+    for i, (u, e) in enumerate(zip(units, estimates, strict=True), 1):
+        seconds = "?" if e.seconds is None else format_seconds(e.seconds)
+        table.add_row(str(i), u.key, u.section, u.describe(), seconds, e.basis)
+    out.print(table)
+    out.print(f"estimated time: {total_estimate(estimates)}", highlight=False)
+    if suite.overrides:
+        out.print("overrides: " + ", ".join(f"{k}={v!r}" for k, v in suite.overrides.items()), highlight=False)
 
 
 def _run_on_executor(args: argparse.Namespace, suite: Any, options: Any, command: str) -> tuple[Any, Any]:
@@ -179,17 +200,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _results_frame(store: Any, target: str | None) -> Any:
+def cmd_show(args: argparse.Namespace) -> int:
     from harness.results import results_frame
 
-    if target is not None and target.isdigit():
-        return results_frame(store, run=int(target))
-    return results_frame(store, target)
-
-
-def cmd_show(args: argparse.Namespace) -> int:
     store = open_store(args.db, create=False)
-    frame = _results_frame(store, args.target)
+    run = int(args.target) if args.target is not None and args.target.isdigit() else None
+    frame = results_frame(store, None if run is not None else args.target, run=run)
     if args.format != "table":
         from harness.results import write_frame
 
@@ -215,9 +231,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     table = Table(title="runs")
     for col in ("id", "suite", "scale", "status", "started", "ended", "git", "host", "threads", "results"):
         table.add_column(col)
-    counts: dict[int, int] = {}
-    for r in store.results(latest_per_unit=False):
-        counts[r["run_id"]] = counts.get(r["run_id"], 0) + 1
+    counts = store.results_per_run(args.suite)
     for run in store.runs(args.suite):
         sha = (run.git_sha or "")[:10] + ("+dirty" if run.git_dirty else "")
         table.add_row(str(run.id), run.suite, run.scale, run.status, f"{run.started_at:%Y-%m-%d %H:%M:%S}",
@@ -232,19 +246,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if (args.suite is None) == (args.run is None):
         raise UserError("report: give a suite file or --run ID (one of them)")
-    if args.suite is not None:
-        _load_suite(args.suite)
-    if args.history and args.suite is None:
+    suite = _load_suite(args.suite, args.set, with_units=False) if args.suite is not None else None
+    if args.history and suite is None:
         raise UserError("report --history: give a suite file (the history spans its runs)")
+    if args.set and suite is None:
+        raise UserError("report --set: give the suite file the overrides apply to")
     store = open_store(args.db, create=False)
     paths: list[Path] = []
     if args.format is not None or not args.history:
         formats = [f.strip() for f in (args.format or DEFAULT_REPORT_FORMATS).split(",") if f.strip()]
-        paths = build_report(store, Path(args.suite) if args.suite else None, args.run, formats, Path(args.out))
+        paths = build_report(store, suite, args.run, formats, Path(args.out))
     if args.history:
         from harness.reports.history import build_history_report
 
-        paths.append(build_history_report(store, Path(args.suite), Path(args.out)))
+        paths.append(build_history_report(store, suite, Path(args.out)))
     for p in paths:
         out.print(str(p))
     return EXIT_OK
@@ -262,9 +277,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from harness.gate import run_check
 
-    load_methods()
     store = open_store(args.db, create=False)
-    return run_check(store, args.target, Path(args.baseline), out, min_effect=args.min_effect,
+    return run_check(store, args.target, Path(args.baseline), out, overrides=args.set, min_effect=args.min_effect,
                      accuracy_tolerance=args.tolerance, alpha=args.alpha, rounds=args.rounds, ab=not args.no_ab,
                      artifacts=Path(args.artifacts))  # fmt: skip
 
@@ -272,7 +286,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_baseline_save(args: argparse.Namespace) -> int:
     from harness.gate import save_baseline
 
-    load_methods()
     store = open_store(args.db, create=False)
     path = save_baseline(store, args.target, Path(args.out), allow_dirty=args.allow_dirty)
     out.print(f"baseline written: {path}")
@@ -288,6 +301,29 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------------
+
+
+RUN_EXAMPLES = """\
+examples:
+  harness run suites/table5.yaml --scale smoke
+  harness run suites/table5.yaml --scale smoke --set dataset.name=voc --set dataset.root=/data/VOCdevkit \\
+      --set 'scales.smoke.dataset={num_train: 4, num_val: 2}'
+  harness run suites/table5.yaml --set matrix.device=[cuda] --set baselines.lr.checkpoint=/ckpt/hrnet_lr.pth
+  harness run suites/table5.yaml --dry-run --set dataset.name=voc    # list the units the overrides give
+"""
+
+
+def _add_set(parser: argparse.ArgumentParser, default: str = "") -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the suite file: KEY is a dotted path into its top-level mapping (dataset.root, "
+        "matrix.device, baselines.lr.checkpoint); a number indexes a list (benchmarks.0.dataset.root: the "
+        "first entry's dataset root). VALUE is YAML (a mapping replaces the mapping at KEY); "
+        "repeatable; validated like the file and stored with the run " + default,
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -316,15 +352,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="validate suite files against the registry")
     s.add_argument("suites", nargs="+")
+    _add_set(s)
     s.set_defaults(fn=cmd_validate)
 
-    s = sub.add_parser("run", help="run a suite")
+    s = sub.add_parser(
+        "run",
+        help="run a suite",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=RUN_EXAMPLES,
+    )
     s.add_argument("suite")
+    _add_set(s)
     s.add_argument("--scale", default="default", choices=("smoke", "default", "paper"))
     s.add_argument("--force", action="store_true", help="re-run units already stored as ok")
     s.add_argument("--fail-fast", action="store_true", help="stop at the first failed unit")
     s.add_argument("--only", help="run only units whose description matches this glob/substring")
-    s.add_argument("--dry-run", action="store_true", help="list the units and exit")
+    s.add_argument("--dry-run", action="store_true",
+                   help="list the units, each with its time estimated from earlier runs in the database "
+                        "(last time of the same unit, else the median of its trial at this scale), and the "
+                        "total; then exit")  # fmt: skip
     s.add_argument("--timeout", type=float, default=None, help="per-unit time limit in seconds")
     s.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     s.add_argument("--artifacts", default="results/artifacts", help="where trained artifacts are cached")
@@ -369,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--history", action="store_true", help="write <suite>-history.html: gated metrics across runs (+ --format)"
     )
     s.add_argument("--out", default="reports")
+    _add_set(s)
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("compare", help="compare two runs of one suite")
@@ -385,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=None, help="A/B rounds (suite's gate)")
     s.add_argument("--no-ab", action="store_true", help="skip the same-machine A/B: latency is then not gated")
     s.add_argument("--artifacts", default="results/artifacts", help="trained artifacts of the current tree")
+    _add_set(s, "(default: the overrides the run was made with)")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("baseline", help="baseline files for the gate")

@@ -47,6 +47,7 @@ from sqlalchemy.exc import ArgumentError
 from harness.errors import UnitTimeout, UserError
 from harness.redact import mask_secrets, mask_url, one_line
 from harness.registry import did_you_mean
+from harness.results import RunStatus, Status
 from harness.store import DB_ENV_VAR, RETRYABLE, Store, utcnow
 
 EXECUTORS = ("inline", "local", "slurm")
@@ -407,24 +408,29 @@ def _job_age_s() -> float:
         return 0.0
 
 
+def _allowed_cores() -> int:
+    """The cores this process may run on (its affinity: a Slurm allocation, a pinned local worker)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def run_job(spec: JobSpec) -> dict[str, Any]:
     """Run a job's share of units one after another, storing each as it ends. Returns a report
     {"worker", "job_id", "host", "units": {key: [status, reason]}, "stopped": reason or ""} of the units
     it ran or could not (a unit it stored is in the database; the report is for the driver's summary)."""
-    from harness.runner import RunOptions, default_threads, execute_unit, unit_record
-    from harness.suite import load_suite
+    from harness.runner import RunOptions, execute_unit, unit_result
+    from harness.suite import Unit
 
     started = time.monotonic()
     if spec.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, spec.cpus)
     _load_trials(spec.trial_sources)
     store = Store(_job_db_url(spec.db_url))
-    suite = load_suite(spec.suite_path)
-    by_key = {unit.key: unit for unit in suite.units(spec.scale)}
+    run = store.retrying(lambda _: store.get_run(spec.run_id))
+    planned = {item["key"]: item for item in (run.units or [])} if run is not None else {}
     options = RunOptions(
         scale=spec.scale,
         timeout=spec.timeout,
-        threads=spec.threads or default_threads(),  # the cores this job may use (Slurm: its allocation)
+        threads=spec.threads or _allowed_cores(),  # the cores this job may use (Slurm: its allocation)
         artifacts_dir=Path(spec.artifacts_dir),
         show_progress=False,
         trust_checkpoints=spec.trust_checkpoints,
@@ -447,21 +453,20 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             if stop.received:
                 report["stopped"] = stop.reason
                 break
-            unit = by_key.get(key)
-            if unit is None:
-                report["units"][key] = [
-                    "failed",
-                    f"unit {key} is not in {spec.suite_path} at scale {spec.scale} "
-                    "any more (suite changed since submission?)",
-                ]
+            try:
+                if key not in planned:
+                    raise UserError(f"unit {key} is not among the units run {spec.run_id} planned")
+                unit = Unit.from_listing(run.suite, spec.scale, planned[key])  # type: ignore[union-attr]
+            except UserError as exc:
+                report["units"][key] = [Status.FAILED.value, str(exc)]
                 continue
             if store.retrying(lambda _, key=key: store.result_id(spec.run_id, key)) is not None:
                 continue  # stored by this run before a requeue
             if not spec.force and store.retrying(lambda _, unit=unit: store.is_ok(unit.key, unit.suite)):
-                report["units"][key] = ["skipped", "stored ok meanwhile"]
+                report["units"][key] = [Status.SKIPPED.value, "stored ok meanwhile"]
                 continue
             if spec.fail_fast and any(
-                status in ("failed", "timeout")
+                Status(status).is_failure
                 for _, _, status, _ in store.retrying(lambda _: store.run_unit_statuses(spec.run_id))
             ):
                 report["stopped"] = "--fail-fast: a unit of this run failed"
@@ -480,7 +485,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             try:
                 record, outcome = execute_unit(unit, replace(options, timeout=limit))
             except JobTimeUp as exc:  # the signal came just outside the unit's own try block
-                record = unit_record(unit, "timeout", str(exc), {}, unit_started, utcnow())
+                record = unit_result(unit, Status.TIMEOUT, str(exc), {}, unit_started, utcnow())
                 outcome = None
             finally:
                 stop.in_unit = False
@@ -489,21 +494,25 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
             if stop.preempted:
                 report["stopped"] = stop.reason  # the unit in flight is not stored: the requeued job re-runs it
                 break
-            if guard and record.status == "timeout" and not stop.received:
-                record.error = (
-                    f"unit stopped at the job's time limit ({spec.job_time_s / 60:g} min less the "
-                    f"{spec.signal_delay_s:g} s signal delay)"
+            if guard and record.status == Status.TIMEOUT and not stop.received:
+                record = replace(
+                    record,
+                    error=f"unit stopped at the job's time limit ({spec.job_time_s / 60:g} min less the "
+                    f"{spec.signal_delay_s:g} s signal delay)",
                 )
-            record.notes = {**record.notes, **where}
+            record = replace(record, notes={**record.notes, **where})
             try:
                 store.add_result(spec.run_id, record)
             except RETRYABLE as exc:
                 tries = len(store.retry_delays) + 1
                 reason = one_line(str(getattr(exc, "orig", None) or exc))
-                report["units"][key] = ["failed", f"not stored: database error after {tries} tries: {reason}"]
+                report["units"][key] = [
+                    Status.FAILED.value,
+                    f"not stored: database error after {tries} tries: {reason}",
+                ]
             else:
-                report["units"][key] = [record.status, record.error if outcome is None else outcome.error]
-            if guard and record.status == "timeout":
+                report["units"][key] = [record.status.value, record.error if outcome is None else outcome.error]
+            if guard and record.status == Status.TIMEOUT:
                 report["stopped"] = "the job reached its time limit"
                 break
         else:
@@ -592,7 +601,7 @@ def submit_suite(
     """Start a run and submit its pending units as ``cluster.workers`` jobs (see the module doc)."""
     import torch
 
-    from harness.runner import _with_checkpoint_trust, provenance, select_units
+    from harness.runner import _with_checkpoint_trust, select_units, start_run
     from harness.timing import set_threads
 
     if cluster.executor not in ("local", "slurm"):
@@ -625,15 +634,7 @@ def submit_suite(
             f"({'pinned to separate cores' if cpus[0] else 'more workers than cores'}): "
             "latencies are measured side by side"
         )
-    run_id = store.start_run(
-        suite=suite.name,
-        suite_path=str(suite.path),
-        suite_sha=suite.sha,
-        scale=options.scale,
-        command=command,
-        trust_checkpoints=options.trust_checkpoints,
-        **provenance(threads or set_threads(None)),
-    )
+    run_id = start_run(store, suite, options, command, threads or set_threads(None))
     folder = (cluster.folder / f"{suite.name}-run{run_id}").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     plan: dict[str, Any] = {
@@ -646,7 +647,7 @@ def submit_suite(
         plan["slurm"] = cluster.slurm
     store.set_run_jobs(run_id, cluster.executor, plan)
     if not shares:
-        store.end_run(run_id, "ok")
+        store.end_run(run_id, RunStatus.OK.value)
         return Submitted(run_id, units, pending, shares, [], folder, cluster.executor)
     job_time_s = job_time_limit_s(cluster.slurm) if cluster.executor == "slurm" else None
     signal_delay = float(cluster.slurm.get("signal_delay_s", DEFAULT_SIGNAL_DELAY_S))
@@ -695,7 +696,7 @@ def submit_suite(
                     job._results_timeout_s = 2  # a local job without a result pickle is not slow storage: it died
                     jobs.append(job)
     except Exception as exc:
-        store.end_run(run_id, "failed")
+        store.end_run(run_id, RunStatus.FAILED.value)
         if isinstance(exc, UserError):
             raise
         already = f" (job(s) {', '.join(str(j.job_id) for j in jobs)} were submitted)" if jobs else ""
@@ -728,7 +729,7 @@ def wait_for(sub: Submitted, store: Store, console: Console, *, show_progress: b
     by_key = {unit.key: unit for unit in sub.units}
     pending_keys = {unit.key for unit in sub.pending}
     job_of = {key: i for i, share in enumerate(sub.shares) for key in share}
-    final = "interrupted"
+    final = RunStatus.INTERRUPTED.value
     columns = (
         TextColumn("[bold]{task.fields[unit]}"),
         BarColumn(),
@@ -756,7 +757,7 @@ def wait_for(sub: Submitted, store: Store, console: Console, *, show_progress: b
                     unit = by_key.get(key)
                     described = unit.describe() if unit else key
                     bar.update(task, advance=1, unit=described[:70])
-                    if status != "ok":
+                    if status != Status.OK:
                         console.print(f"[yellow]{status}[/]: {described}: {error}")
                 bar.update(task, status=f"{len(done) - sum(done)}/{len(done)} jobs running")
                 if all(done):
@@ -770,36 +771,35 @@ def wait_for(sub: Submitted, store: Store, console: Console, *, show_progress: b
             except Exception as exc:  # noqa: BLE001 - a job killed, crashed or out of time
                 errors[i] = _first_line(exc)
                 console.print(f"[red]job {job.job_id}[/] ended without finishing: {errors[i]}")
-        stored = {
-            row["unit_key"]: row for row in store.results(run_id=sub.run_id, latest_per_unit=False, with_samples=True)
-        }
+        stored = {row.key: row for row in store.results(run_id=sub.run_id, latest_per_unit=False, with_samples=True)}
         outcomes = []
         for unit in sub.units:
             if unit.key not in pending_keys:
-                outcomes.append(UnitOutcome(unit, "skipped"))
+                outcomes.append(UnitOutcome(unit, Status.SKIPPED))
                 continue
             row = stored.get(unit.key)
             if row is not None:
+                metrics = row.metrics.values()
                 outcomes.append(
                     UnitOutcome(
                         unit,
-                        row["status"],
-                        row["error"],
-                        row["duration_s"] or 0.0,
-                        {name: m["value"] for name, m in row["metrics"].items()},
-                        {name: tuple(m.get("samples") or ()) for name, m in row["metrics"].items() if m.get("samples")},
+                        row.status,
+                        row.error,
+                        row.duration_s or 0.0,
+                        {m.name: m.value for m in metrics},
+                        {m.name: m.samples for m in metrics if m.samples},
                     )
                 )
                 continue
             i = job_of[unit.key]
             said = reports.get(i, {}).get("units", {}).get(unit.key)
             if said is not None:
-                outcomes.append(UnitOutcome(unit, said[0], said[1]))
+                outcomes.append(UnitOutcome(unit, Status(said[0]), said[1]))
                 continue
             why = errors.get(i) or reports.get(i, {}).get("stopped") or "ended before it"
-            outcomes.append(UnitOutcome(unit, "missing", f"not run: job {sub.jobs[i].job_id}: {why}"))
+            outcomes.append(UnitOutcome(unit, Status.MISSING, f"not run: job {sub.jobs[i].job_id}: {why}"))
         summary = RunSummary(sub.run_id, outcomes)
-        final = "failed" if summary.has_failures else "ok"
+        final = (RunStatus.FAILED if summary.has_failures else RunStatus.OK).value
         return summary
     except KeyboardInterrupt:
         if sub.executor == "slurm":  # the jobs run on: the run stays open, and its workers close it
@@ -855,7 +855,7 @@ def status_table(store: Store, run_id: int) -> tuple[str, Table]:
     )
     if planned:
         missing = [key for key in planned if key not in latest]
-        failed = sum(1 for s, _ in latest.values() if s in ("failed", "timeout"))
+        failed = sum(1 for s, _ in latest.values() if Status(s).is_failure)
         headline += (
             f"\nunits: {len(planned)} planned, {len(latest)} done ({stored}), {failed} failed/timeout, "
             f"{len(missing)} pending"
@@ -869,7 +869,7 @@ def status_table(store: Store, run_id: int) -> tuple[str, Table]:
         for job in plan["jobs"]:
             keys = job.get("units", [])
             done = [key for key in keys if key in latest]
-            failed = sum(1 for key in done if latest[key][0] in ("failed", "timeout"))
+            failed = sum(1 for key in done if Status(latest[key][0]).is_failure)
             job_id = str(job.get("job_id", ""))
             if run.executor == "local":
                 state = _local_job_state(job_id, str(plan.get("host", "")))

@@ -6,6 +6,8 @@ reason; the CLI turns :class:`UserError` into one clear line and exit code 2.
 
 from __future__ import annotations
 
+from harness.results import Status
+
 
 class UserError(Exception):
     """Bad input from the user (a suite, a parameter, a path). Printed as one line, exit code 2."""
@@ -14,7 +16,7 @@ class UserError(Exception):
 class UnitStatusError(Exception):
     """Base for exceptions that end a unit with a specific, non-failure status."""
 
-    status = "failed"
+    status = Status.FAILED
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -24,13 +26,13 @@ class UnitStatusError(Exception):
 class Unavailable(UnitStatusError):
     """The unit cannot run on this machine (no CUDA, backend not installed, dataset absent)."""
 
-    status = "unavailable"
+    status = Status.UNAVAILABLE
 
 
 class Unsupported(UnitStatusError):
     """The combination is not supported (e.g. fp16 convolution on this CPU)."""
 
-    status = "unsupported"
+    status = Status.UNSUPPORTED
 
 
 class UnitTimeout(Exception):

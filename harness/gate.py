@@ -21,7 +21,6 @@ reported, not failed.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,22 +30,25 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.ab import ABPlan, ABResult, ABUnavailable, run_ab, unit_identity
+from harness.ab import ABPlan, ABResult, ABUnavailable, run_ab
+from harness.compare import Change, finite, judge_ab, judge_value
+from harness.compare import is_gated_value as _is_gated_value
+from harness.compare import is_timed as _is_timed
 from harness.errors import UserError
 from harness.redact import mask_tree
+from harness.results import ResultRow, Status, gate_ids, resolve_target
 from harness.store import Store
-from harness.suite import GateSettings, load_suite, suite_name_of
+from harness.suite import GateSettings, load_suite
 
 BASELINE_FORMAT = 2
-TIME_UNITS = ("s", "ms", "us", "ns")
-FAILING = ("regression", "missing", "invalid")
+compare_ab = judge_ab  # the gate's name for it
 
 
 @dataclass
 class Verdict:
     unit: str
     metric: str
-    verdict: str  # regression | missing | invalid | improvement | unchanged | new | not gated
+    verdict: Change
     baseline: float | None
     current: float | None
     change: str
@@ -54,46 +56,26 @@ class Verdict:
 
     @property
     def fails(self) -> bool:
-        return self.verdict in FAILING
-
-
-def identity(row: dict[str, Any]) -> str:
-    return unit_identity(row["trial"], row.get("section", ""), row.get("label", ""), row["params"],
-                         row["precision"], row["batch_size"], row["device"])  # fmt: skip
-
-
-def describe(row: dict[str, Any]) -> str:
-    name = row.get("label") or ", ".join(f"{k}={v}" for k, v in row["params"].items())
-    return f"{row['trial']} [{name}] {row['precision']} b{row['batch_size']} {row['device']}"
+        return Change(self.verdict).fails
 
 
 def is_timed(metric: dict[str, Any]) -> bool:
     """A latency measured with raw samples: gated by the A/B, never by stored values."""
-    return metric["unit"] in TIME_UNITS and bool(metric.get("samples"))
+    return _is_timed(metric["unit"], metric.get("samples"))
 
 
 def is_gated_value(metric: dict[str, Any]) -> bool:
     """A deterministic metric compared with the baseline's value."""
-    return metric["better"] != "none" and metric["unit"] not in TIME_UNITS
+    return _is_gated_value(metric["unit"], metric["better"])
 
 
 # --- collecting a run ----------------------------------------------------------------------------
 
 
-def collect(store: Store, target: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+def collect(store: Store, target: str) -> tuple[str, list[ResultRow], dict[str, Any]]:
     """(suite name, result rows with samples, provenance) for a run id or a suite's latest results."""
-    if target.isdigit():
-        run = store.get_run(int(target))
-        if run is None:
-            raise UserError(f"no run with id {target}")
-        rows = store.results(run_id=run.id, with_samples=True)
-        suite = run.suite
-    else:
-        suite = suite_name_of(target)
-        rows = store.results(suite=suite, with_samples=True)
-        run = store.latest_run(suite)
-        if run is None or not rows:
-            raise UserError(f"no results stored for suite {suite!r}")
+    found = resolve_target(store, target, with_samples=True)
+    suite, rows, run = found.suite, found.rows, found.run
     prov = {
         "run_id": run.id,
         "git_sha": run.git_sha,
@@ -108,27 +90,25 @@ def collect(store: Store, target: str) -> tuple[str, list[dict[str, Any]], dict[
     return suite, rows, prov
 
 
-def snapshot(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Units by identity, with their status, metrics and raw samples."""
+def snapshot(rows: list[ResultRow]) -> dict[str, dict[str, Any]]:
+    """Units by gate identity in the baseline file's format (JSON: identity fields, status, metrics
+    with raw samples). The gate compares a run's snapshot with the file's."""
     units: dict[str, dict[str, Any]] = {}
-    for row in rows:
+    ids = gate_ids([r.identity for r in rows], [r.run_id for r in rows])
+    for ident, row in sorted(zip(ids, rows, strict=True), key=lambda pair: pair[1].id):  # the newest wins
         metrics = {}
-        for name, m in row["metrics"].items():
-            entry: dict[str, Any] = {"value": m["value"], "unit": m["unit"], "better": m["better"]}
-            if m.get("samples"):
-                entry["samples"] = [round(s, 6) for s in m["samples"]]
+        for name, m in row.metrics.items():
+            entry: dict[str, Any] = {"value": m.value, "unit": m.unit, "better": m.better}
+            if m.samples:
+                entry["samples"] = [round(s, 6) for s in m.samples]
             metrics[name] = entry
-        units[identity(row)] = {
-            "unit": describe(row),
-            "trial": row["trial"],
-            "section": row["section"],
-            "label": row["label"],
-            "params": row["params"],
-            "precision": row["precision"],
-            "batch_size": row["batch_size"],
-            "device": row["device"],
-            "status": row["status"],
-            "error": row["error"],
+        fields = row.identity.fields()
+        units[ident] = {
+            "unit": row.identity.describe(),
+            **fields,
+            "params": row.params,
+            "status": row.status.value,
+            "error": row.error,
             "metrics": metrics,
         }
     return units
@@ -179,37 +159,6 @@ def load_baseline(path: Path) -> dict[str, Any]:
 # --- comparison ----------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def compare_value(base: dict[str, Any], cur: dict[str, Any], tolerance: float) -> tuple[str, str, str]:
-    delta = cur["value"] - base["value"]
-    sign = 1 if base["better"] == "higher" else -1
-    change = f"{delta:+.3g} {base['unit']}".strip()
-    detail = f"tolerance ±{tolerance:g}"
-    if sign * delta < -tolerance:
-        return "regression", change, detail
-    if sign * delta > tolerance:
-        return "improvement", change, detail
-    return "unchanged", change, detail
-
-
-def compare_ab(result: ABResult, min_effect: float, alpha: float) -> tuple[str, str, str]:
-    """Verdict on one timed metric from its A/B rounds."""
-    n = len(result.log_ratios)
-    if n < 2:
-        return "not gated", "", f"only {n} A/B round(s) measured"
-    ratio, p = result.ratio(), result.p_value()
-    detail = f"A/B ratio {ratio:.3f} over {n} rounds, t-test p={p:.2g}, min effect {min_effect:.0%}"
-    change = f"{(ratio - 1) * 100:+.1f}%"
-    if p < alpha and ratio > 1 + min_effect:
-        return "regression", change, detail
-    if p < alpha and ratio < 1 / (1 + min_effect):
-        return "improvement", change, detail
-    return "unchanged", change, detail
-
-
 @dataclass
 class ABOutcome:
     """What the A/B gave: results by (identity, metric), or why it was not made."""
@@ -222,25 +171,26 @@ class ABOutcome:
 def _unit_verdicts(
     name: str, ident: str, base_unit: dict[str, Any], cur_unit: dict[str, Any], settings: GateSettings, ab: ABOutcome
 ) -> list[Verdict]:
-    if base_unit["status"] == "ok" and cur_unit["status"] != "ok":
-        return [Verdict(name, "-", "regression", None, None, f"ok -> {cur_unit['status']}", cur_unit["error"][:200])]
-    if cur_unit["status"] != "ok":
-        return [Verdict(name, "-", "unchanged", None, None, cur_unit["status"], "not ok in the baseline either")]
+    if base_unit["status"] == Status.OK and cur_unit["status"] != Status.OK:
+        change = f"ok -> {cur_unit['status']}"
+        return [Verdict(name, "-", Change.REGRESSION, None, None, change, cur_unit["error"][:200])]
+    if cur_unit["status"] != Status.OK:
+        return [Verdict(name, "-", Change.UNCHANGED, None, None, cur_unit["status"], "not ok in the baseline either")]
     broken = ab.results.get((ident, "*"))
     out: list[Verdict] = []
     for metric, bm in base_unit["metrics"].items():
         cm = cur_unit["metrics"].get(metric)
         if cm is None:
-            out.append(Verdict(name, metric, "missing", bm["value"], None, "", "metric not recorded by this run"))
+            out.append(Verdict(name, metric, Change.MISSING, bm["value"], None, "", "metric not recorded by this run"))
             continue
-        if not _finite(cm["value"]):
-            out.append(Verdict(name, metric, "invalid", bm["value"], cm["value"], "", "not a finite number"))
+        if not finite(cm["value"]):
+            out.append(Verdict(name, metric, Change.INVALID, bm["value"], cm["value"], "", "not a finite number"))
             continue
         min_effect, tolerance = settings.for_metric(metric)
         if is_timed(bm):
             out.append(_timed_verdict(name, ident, metric, bm, cm, broken, ab, min_effect, settings.alpha))
         elif is_gated_value(bm):
-            verdict, change, detail = compare_value(bm, cm, tolerance)
+            verdict, change, detail = judge_value(bm["better"], bm["unit"], bm["value"], cm["value"], tolerance)
             out.append(Verdict(name, metric, verdict, bm["value"], cm["value"], change, detail))
     return out
 
@@ -257,14 +207,14 @@ def _timed_verdict(
     alpha: float,
 ) -> Verdict:
     if ab.unavailable:
-        return Verdict(name, metric, "not gated", bm["value"], cm["value"], "", f"no A/B: {ab.unavailable}")
+        return Verdict(name, metric, Change.NOT_GATED, bm["value"], cm["value"], "", f"no A/B: {ab.unavailable}")
     if broken is not None:
-        verdict = "regression" if broken.failed_side == "head" else "not gated"
+        verdict = Change.REGRESSION if broken.failed_side == "head" else Change.NOT_GATED
         return Verdict(name, metric, verdict, bm["value"], cm["value"], "", f"A/B {broken.failed_side}: {broken.error}")
     result = ab.results.get((ident, metric))
     if result is None:
-        return Verdict(name, metric, "not gated", bm["value"], cm["value"], "", "not measured by the A/B")
-    verdict, change, detail = compare_ab(result, min_effect, alpha)
+        return Verdict(name, metric, Change.NOT_GATED, bm["value"], cm["value"], "", "not measured by the A/B")
+    verdict, change, detail = judge_ab(result, min_effect, alpha)
     base_ms = sorted(result.base)[len(result.base) // 2] if result.base else None
     head_ms = sorted(result.head)[len(result.head) // 2] if result.head else None
     return Verdict(name, metric, verdict, base_ms, head_ms, change, detail)
@@ -279,12 +229,12 @@ def compare(
         cur_unit = current.get(ident)
         name = base_unit["unit"]
         if cur_unit is None:
-            verdicts.append(Verdict(name, "-", "missing", None, None, "", "unit not in this run"))
+            verdicts.append(Verdict(name, "-", Change.MISSING, None, None, "", "unit not in this run"))
             continue
         verdicts.extend(_unit_verdicts(name, ident, base_unit, cur_unit, settings, ab))
     for ident, cur_unit in current.items():
         if ident not in baseline["units"]:
-            verdicts.append(Verdict(cur_unit["unit"], "-", "new", None, None, "", "not in the baseline"))
+            verdicts.append(Verdict(cur_unit["unit"], "-", Change.NEW, None, None, "", "not in the baseline"))
     return verdicts
 
 
@@ -293,7 +243,7 @@ def timed_identities(baseline: dict[str, Any]) -> list[str]:
     return [
         ident
         for ident, unit in sorted(baseline["units"].items())
-        if unit["status"] == "ok" and any(is_timed(m) for m in unit["metrics"].values())
+        if unit["status"] == Status.OK and any(is_timed(m) for m in unit["metrics"].values())
     ]
 
 
@@ -327,6 +277,7 @@ def run_check(
     baseline_path: Path,
     console: Console,
     *,
+    overrides: list[str] | None = None,
     min_effect: float | None = None,
     accuracy_tolerance: float | None = None,
     alpha: float | None = None,
@@ -339,7 +290,10 @@ def run_check(
     if suite != baseline["suite"]:
         raise UserError(f"run is of suite {suite!r} but baseline {baseline_path} is of suite {baseline['suite']!r}")
     suite_path = suite_file_for(target, suite)
-    settings = load_suite(suite_path).gate if suite_path is not None else GateSettings()
+    if not overrides:  # read the suite as the run did
+        overrides = [f"{k}={json.dumps(v)}" for k, v in found_overrides(store, prov["run_id"]).items()]
+    suite_file = load_suite(suite_path, overrides, with_units=False) if suite_path is not None else None
+    settings = suite_file.gate if suite_file is not None else GateSettings()
     settings = settings.with_overrides(
         min_effect=min_effect, accuracy_tolerance=accuracy_tolerance, alpha=alpha, rounds=rounds
     )
@@ -365,15 +319,22 @@ def render(verdicts: list[Verdict], console: Console, title: str) -> None:
     table = Table(title=title)
     for col in ("verdict", "unit", "metric", "baseline", "current", "change", "evidence"):
         table.add_column(col, overflow="fold")
-    style = {"regression": "bold red", "missing": "bold red", "invalid": "bold red", "improvement": "green",
-             "unchanged": "dim", "not gated": "yellow"}  # fmt: skip
-    order = {"regression": 0, "missing": 1, "invalid": 2, "not gated": 3, "improvement": 4, "new": 5, "unchanged": 6}
-    for v in sorted(verdicts, key=lambda v: order.get(v.verdict, 7)):
+    style = {Change.IMPROVEMENT: "green", Change.UNCHANGED: "dim", Change.NOT_GATED: "yellow"}
+    order = {c: i for i, c in enumerate((Change.REGRESSION, Change.MISSING, Change.INVALID, Change.NOT_GATED,
+                                         Change.IMPROVEMENT, Change.NEW, Change.UNCHANGED))}  # fmt: skip
+    for v in sorted(verdicts, key=lambda v: order.get(Change(v.verdict), 7)):
         fmt = lambda x: "" if x is None else f"{x:.4g}"  # noqa: E731
-        table.add_row(f"[{style.get(v.verdict, '')}]{v.verdict}[/]", escape(v.unit), escape(v.metric),
+        colour = "bold red" if v.fails else style.get(Change(v.verdict))
+        table.add_row(f"[{colour}]{v.verdict}[/]" if colour else str(v.verdict), escape(v.unit), escape(v.metric),
                       fmt(v.baseline), fmt(v.current), escape(v.change), escape(v.detail))  # fmt: skip
     counts: dict[str, int] = {}
     for v in verdicts:
-        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+        counts[str(v.verdict)] = counts.get(str(v.verdict), 0) + 1
     table.caption = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     console.print(table)
+
+
+def found_overrides(store: Store, run_id: int) -> dict[str, Any]:
+    """The ``--set`` overrides the run was made with (the gate reads the suite as that run did)."""
+    run = store.get_run(run_id)
+    return dict(run.overrides or {}) if run is not None else {}

@@ -17,6 +17,7 @@ device) it supports::
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -247,3 +248,60 @@ def all_trials() -> list[TrialSpec]:
 def unregister(name: str) -> None:
     """Remove a trial (tests register throwaway trials)."""
     _REGISTRY.pop(name, None)
+
+
+# --- hooks the method packages register into ------------------------------------------------------
+
+SettingsValidator = Callable[..., Any]
+SETTINGS_BLOCKS = ("dataset", "baselines")
+_SETTINGS_VALIDATORS: dict[str, list[SettingsValidator]] = {block: [] for block in SETTINGS_BLOCKS}
+_TRACKED_PACKAGES: set[str] = set()
+
+
+def settings_validator(block: str) -> Callable[[SettingsValidator], SettingsValidator]:
+    """Register a check of a suite's ``dataset:`` or ``baselines:`` settings (as resolved at one
+    scale, ``--set`` overrides applied). The suite loader calls it before anything runs, once per
+    scale, ``dataset`` before ``baselines``; it raises :class:`UserError` or ``ValueError`` with one
+    line saying what is wrong (the loader adds where).
+
+    The check is called ``check(settings)``, or ``check(settings, resolved)`` if it takes two
+    arguments: ``resolved`` holds every block at that scale (``{"dataset": {...}, "baselines":
+    {...}}``), for a check that depends on another block (a checkpoint's class count on the dataset).
+    """
+    if block not in _SETTINGS_VALIDATORS:
+        raise ValueError(f"settings_validator: unknown block {block!r}; known: {', '.join(SETTINGS_BLOCKS)}")
+
+    def register(fn: SettingsValidator) -> SettingsValidator:
+        if fn not in _SETTINGS_VALIDATORS[block]:
+            _SETTINGS_VALIDATORS[block].append(fn)
+        return fn
+
+    return register
+
+
+def validate_settings(block: str, settings: dict[str, Any], resolved: dict[str, dict[str, Any]] | None = None) -> None:
+    """Run the registered checks of ``block`` on ``settings`` (raises on the first failure)."""
+    for check in _SETTINGS_VALIDATORS[block]:
+        if _takes_two(check):
+            check(settings, resolved if resolved is not None else {block: settings})
+        else:
+            check(settings)
+
+
+def _takes_two(fn: SettingsValidator) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def track_packages(*names: str) -> None:
+    """Declare distributions (e.g. a method's optional back ends) whose installed versions every
+    run records in its provenance."""
+    _TRACKED_PACKAGES.update(names)
+
+
+def tracked_packages() -> tuple[str, ...]:
+    return tuple(sorted(_TRACKED_PACKAGES))

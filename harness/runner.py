@@ -4,19 +4,17 @@ store each unit in its own transaction, and show progress and a summary."""
 from __future__ import annotations
 
 import fnmatch
-import os
-import platform
 import random
 import signal
-import subprocess
 import sys
 import traceback
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from importlib import metadata
+from datetime import datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
@@ -25,16 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness.context import TrialContext
+from harness.devices import check_device, is_oom, is_unsupported_dtype
 from harness.errors import UnitStatusError, UnitTimeout
+from harness.provenance import provenance
 from harness.redact import mask_command, mask_secrets
-from harness.store import Store, UnitRecord, utcnow
+from harness.results import MetricValue, ResultRow, RunStatus, Status
+from harness.store import Store, utcnow
 from harness.suite import Suite, Unit
-from harness.timing import NOISY_SPREAD, check_device, is_oom, is_unsupported_dtype, set_threads, timing_noise
-
-TRACKED_PACKAGES = (
-    "torch", "numpy", "sqlalchemy", "spconv", "torchsparse", "mmsegmentation", "mmcv-lite", "mmengine",
-    "mmdet", "faiss-cpu", "fvcore", "segharness",
-)  # fmt: skip
+from harness.timing import NOISY_SPREAD, set_threads, timing_noise
 
 
 @dataclass
@@ -53,7 +49,7 @@ class RunOptions:
 @dataclass
 class UnitOutcome:
     unit: Unit
-    status: str  # ok | failed | oom | unsupported | unavailable | timeout | skipped | missing (a job ended without it)
+    status: Status
     error: str = ""
     seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -71,7 +67,7 @@ class RunSummary:
 
     @property
     def has_failures(self) -> bool:
-        return any(o.status in ("failed", "timeout", "missing") for o in self.outcomes)
+        return any(Status(o.status).is_failure for o in self.outcomes)
 
 
 def select_units(units: list[Unit], only: str | None) -> list[Unit]:
@@ -82,48 +78,64 @@ def select_units(units: list[Unit], only: str | None) -> list[Unit]:
     return [u for u in units if fnmatch.fnmatch(u.describe(), pattern) or fnmatch.fnmatch(u.trial.name, pattern)]
 
 
-# --- provenance ----------------------------------------------------------------------------------
+# --- time estimates -------------------------------------------------------------------------------
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+@dataclass(frozen=True)
+class TimeEstimate:
+    """How long a unit is expected to take, and what the figure rests on."""
+
+    seconds: float | None  # None: unknown
+    basis: str
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def estimate_times(units: list[Unit], store: Store | None, *, force: bool = False) -> list[TimeEstimate]:
+    """Each unit's expected wall time, from the ok results stored earlier: a unit stored ok for its
+    suite is skipped (0 s, unless ``force``); else the last wall time of the same unit key; else the
+    median over the units of the same trial at the same scale (each unit's last time); else unknown."""
+    if store is None:
+        return [TimeEstimate(None, "unknown (no database)") for _ in units]
+    stored = store.wall_times(sorted({u.trial.name for u in units}))
+    last: dict[str, float] = {}
+    per_trial: dict[tuple[str, str], dict[str, float]] = {}  # each unit's last time, per trial and scale
+    for key, trial, scale, seconds in stored:  # oldest first: the last write wins
+        last[key] = seconds
+        per_trial.setdefault((trial, scale), {})[key] = seconds
+    skipped: set[str] = set()
+    if not force:
+        for suite in {u.suite for u in units}:
+            skipped |= store.ok_unit_keys([u.key for u in units if u.suite == suite], suite)
+    out = []
+    for unit in units:
+        similar = list(per_trial.get((unit.trial.name, unit.scale), {}).values())
+        if unit.key in skipped:
+            out.append(TimeEstimate(0.0, "stored ok: skipped (--force runs it)"))
+        elif unit.key in last:
+            out.append(TimeEstimate(last[unit.key], "last run of this unit"))
+        elif similar:
+            n = len(similar)
+            out.append(TimeEstimate(float(median(similar)), f"median of {n} {unit.trial.name} unit(s) at {unit.scale}"))
+        else:
+            out.append(TimeEstimate(None, "unknown"))
+    return out
 
 
-def provenance(threads: int) -> dict[str, Any]:
-    packages = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    gpu = ""
-    if torch.cuda.is_available():
-        gpu = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-    return {
-        "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "host": platform.node(),
-        "cpu": cpu_model(),
-        "gpu": gpu,
-        "threads": threads,
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda or "",
-        "packages": {**packages, "python": platform.python_version()},
-    }
+def total_estimate(estimates: list[TimeEstimate]) -> str:
+    """'about 12.5 min (3 units unknown: a lower bound)'."""
+    known = sum(e.seconds for e in estimates if e.seconds is not None)
+    unknown = sum(e.seconds is None for e in estimates)
+    text = f"about {format_seconds(known)}"
+    if unknown:
+        text += f" ({unknown} unit(s) with no earlier time: a lower bound)"
+    return text
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # --- one unit ----------------------------------------------------------------------------------------
@@ -149,28 +161,28 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def classify(exc: BaseException) -> tuple[str, str]:
+def classify(exc: BaseException) -> tuple[Status, str]:
     """Map an exception from a trial to (status, one-line reason)."""
     if isinstance(exc, UnitStatusError):
         return exc.status, exc.reason
     if isinstance(exc, UnitTimeout):
-        return "timeout", str(exc)
+        return Status.TIMEOUT, str(exc)
     first = mask_secrets((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:500]
     if is_oom(exc):
-        return "oom", first
+        return Status.OOM, first
     if is_unsupported_dtype(exc):
-        return "unsupported", first
-    return "failed", f"{type(exc).__name__}: {first}"
+        return Status.UNSUPPORTED, first
+    return Status.FAILED, f"{type(exc).__name__}: {first}"
 
 
-def _check_recorded(unit: Unit, ctx: TrialContext) -> tuple[str, str]:
+def _check_recorded(unit: Unit, ctx: TrialContext) -> tuple[Status, str]:
     """A unit is ok only if it recorded every metric it declares (but the optional ones)."""
     if not ctx.metrics:
-        return "failed", "trial recorded no metric"
+        return Status.FAILED, "trial recorded no metric"
     missing = [m.name for m in unit.trial.metrics if not m.optional and m.name not in ctx.metrics]
     if missing:
-        return "failed", f"metric {', '.join(missing)} was not recorded"
-    return "ok", ""
+        return Status.FAILED, f"metric {', '.join(missing)} was not recorded"
+    return Status.OK, ""
 
 
 def seed_everything(seed: int) -> None:
@@ -184,24 +196,12 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def execute_unit(unit: Unit, options: RunOptions, progress: Any = None) -> tuple[UnitRecord, UnitOutcome]:
-    ctx = TrialContext(
-        spec=unit.trial,
-        params=dict(unit.params),
-        precision=unit.precision,
-        batch_size=unit.batch_size,
-        device=unit.device,
-        scale_name=unit.scale,
-        scale=dict(unit.scale_settings),
-        dataset=dict(unit.dataset),
-        seed=unit.seed,
-        timing=unit.timing,
-        artifacts_dir=options.artifacts_dir,
-        trust_checkpoints=options.trust_checkpoints,
-        progress=progress or (lambda message: None),
+def execute_unit(unit: Unit, options: RunOptions, progress: Any = None) -> tuple[ResultRow, UnitOutcome]:
+    ctx = TrialContext.for_unit(
+        unit, artifacts_dir=options.artifacts_dir, trust_checkpoints=options.trust_checkpoints, progress=progress
     )
     started = utcnow()
-    status, error = "ok", ""
+    status, error = Status.OK, ""
     threads_before = torch.get_num_threads()
     try:
         set_threads(unit.timing.threads or options.threads)
@@ -214,56 +214,44 @@ def execute_unit(unit: Unit, options: RunOptions, progress: Any = None) -> tuple
         raise
     except BaseException as exc:  # noqa: BLE001 - every way a unit can end is a status
         status, error = classify(exc)
-        if status == "failed":
+        if status == Status.FAILED:
             ctx.note("traceback", traceback.format_exc(limit=8)[-4000:])
     finally:
         torch.set_num_threads(threads_before)
-    ended = utcnow()
-    metrics = [] if status != "ok" else [
-        (m.name, m.value, m.unit, m.better, m.samples) for m in ctx.metrics.values()
-    ]  # fmt: skip
-    record = unit_record(unit, status, error, ctx.notes, started, ended, metrics)
+    metrics = ctx.metrics if status == Status.OK else {}
+    row = unit_result(unit, status, error, ctx.notes, started, utcnow(), metrics)
     outcome = UnitOutcome(
         unit=unit,
         status=status,
         error=error,
-        seconds=(ended - started).total_seconds(),
-        metrics={m.name: m.value for m in ctx.metrics.values()} if status == "ok" else {},
-        samples={m.name: m.samples for m in ctx.metrics.values() if m.samples} if status == "ok" else {},
+        seconds=row.duration_s or 0.0,
+        metrics={m.name: m.value for m in metrics.values()},
+        samples={m.name: m.samples for m in metrics.values() if m.samples},
     )
-    return record, outcome
+    return row, outcome
 
 
-def unit_record(
+def unit_result(
     unit: Unit,
-    status: str,
+    status: Status,
     error: str,
     notes: dict[str, Any],
-    started: Any,
-    ended: Any,
-    metrics: list[tuple[str, float, str, str, tuple[float, ...]]] | None = None,
-) -> UnitRecord:
+    started: datetime,
+    ended: datetime,
+    metrics: dict[str, MetricValue] | None = None,
+) -> ResultRow:
     """What is stored for ``unit``, ended with ``status`` (and ``error``) between ``started`` and ``ended``."""
-    return UnitRecord(
-        unit_key=unit.key,
+    return ResultRow(
+        key=unit.key,
         suite=unit.suite,
-        trial=unit.trial.name,
-        trial_version=unit.trial.version,
-        label=unit.label,
-        section=unit.section,
-        params=unit.params,
-        precision=unit.precision,
-        batch_size=unit.batch_size,
-        device=unit.device,
-        dataset=unit.dataset,
-        scale=unit.scale,
-        scale_settings=unit.scale_settings,
+        identity=unit.identity,
         status=status,
         error=error,
         notes=notes,
+        metrics=dict(metrics or {}),
+        scale_name=unit.scale,
         started_at=started,
         ended_at=ended,
-        metrics=metrics or [],
     )
 
 
@@ -289,17 +277,9 @@ def run_suite(
     units = select_units(suite.units(options.scale), options.only)
     threads = set_threads(options.threads)
     options = _with_checkpoint_trust(suite, options, console)
-    run_id = store.start_run(
-        suite=suite.name,
-        suite_path=str(suite.path),
-        suite_sha=suite.sha,
-        scale=options.scale,
-        command=command or mask_command(sys.argv),
-        trust_checkpoints=options.trust_checkpoints,
-        **provenance(threads),
-    )
+    run_id = start_run(store, suite, options, command or mask_command(sys.argv), threads)
     outcomes: list[UnitOutcome] = []
-    final = "interrupted"
+    final = RunStatus.INTERRUPTED
     columns = (
         TextColumn("[bold]{task.fields[unit]}", justify="left"),
         BarColumn(),
@@ -316,7 +296,7 @@ def run_suite(
                 short = unit.describe()[:70]
                 bar.update(task, unit=short, status="")
                 if not options.force and store.is_ok(unit.key, unit.suite):
-                    outcomes.append(UnitOutcome(unit, "skipped"))
+                    outcomes.append(UnitOutcome(unit, Status.SKIPPED))
                     bar.advance(task)
                     continue
 
@@ -327,29 +307,47 @@ def run_suite(
                 store.add_result(run_id, record)
                 outcomes.append(outcome)
                 bar.advance(task)
-                if outcome.status != "ok":
+                if outcome.status != Status.OK:
                     console.print(f"[yellow]{outcome.status}[/]: {unit.describe()}: {outcome.error}")
-                if options.fail_fast and outcome.status in ("failed", "timeout"):
+                if options.fail_fast and outcome.status.is_failure:
                     console.print("[red]stopping: --fail-fast[/]")
                     break
-        final = "failed" if any(o.status in ("failed", "timeout") for o in outcomes) else "ok"
+        final = RunStatus.FAILED if any(o.status.is_failure for o in outcomes) else RunStatus.OK
     finally:
-        store.end_run(run_id, final)
+        store.end_run(run_id, final.value)
     return RunSummary(run_id, outcomes)
+
+
+def start_run(store: Store, suite: Suite, options: RunOptions, command: str, threads: int) -> int:
+    """Insert the run with its provenance, its ``--set`` overrides and the suite's units at the run's
+    scale (all of them, whatever ``--only`` selects: a report lists those never run)."""
+    run_id = store.start_run(
+        suite=suite.name,
+        suite_path=str(suite.path),
+        suite_sha=suite.sha,
+        scale=options.scale,
+        command=command,
+        trust_checkpoints=options.trust_checkpoints,
+        overrides=dict(suite.overrides),
+        **provenance(threads),
+    )
+    store.set_run_units(run_id, [unit.listing() for unit in suite.units(options.scale)])
+    return run_id
 
 
 def summary_table(summary: RunSummary, title: str) -> Table:
     table = Table(title=title, show_lines=False)
     for col in ("status", "unit", "time (s)", "metrics / reason"):
         table.add_column(col, overflow="fold")
-    style = {"ok": "green", "skipped": "dim", "failed": "red", "timeout": "red", "missing": "red", "oom": "magenta"}
+    style = {Status.OK: "green", Status.SKIPPED: "dim", Status.OOM: "magenta"}
     noisy_units = 0
     for o in summary.outcomes:
         detail = o.error or ", ".join(f"{k}={v:.4g}" for k, v in list(o.metrics.items())[:6])
         warnings = noisy_timings(o)
         noisy_units += bool(warnings)
         detail += "".join(f"\n[bold red]noisy timing: {w}[/]" for w in warnings)
-        table.add_row(f"[{style.get(o.status, 'yellow')}]{o.status}[/]", o.unit.describe(),
+        colour = "red" if Status(o.status).is_failure else style.get(Status(o.status), "yellow")
+        table.add_row(f"[{colour}]{o.status}[/]", o.unit.describe(),
                       f"{o.seconds:.1f}", detail)  # fmt: skip
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
     table.caption = f"run {summary.run_id}: {counts}"
@@ -368,7 +366,3 @@ def noisy_timings(outcome: UnitOutcome) -> list[str]:
         if spread is not None and spread > NOISY_SPREAD:
             out.append(f"{name} IQR/median {spread:.0%}")
     return out
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

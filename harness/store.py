@@ -1,6 +1,7 @@
 """Result store: SQLAlchemy 2 ORM over any SQLAlchemy URL (SQLite ``results/harness.db`` by default).
 
-Tables: runs (one per ``harness run``, with provenance), results (one per executed unit), metrics
+Tables: runs (one per ``harness run``, with provenance, its ``--set`` overrides and the identities of
+the units it planned, so reports need not re-expand the suite), results (one per executed unit), metrics
 (name, value, unit per result) and samples (raw timing samples per metric). A unit's result, its
 metrics and samples are written in ONE transaction, so a killed process loses at most the unit in
 flight and never leaves a half-written row. SQLite runs in WAL mode with a busy timeout so that
@@ -22,7 +23,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,11 +52,12 @@ from sqlalchemy.types import TypeDecorator
 
 from harness.errors import UserError
 from harness.redact import mask_command, mask_secrets, mask_tree, mask_url, one_line
+from harness.results import MetricValue, ResultRow, RunStatus, Status, UnitIdentity
+from harness.results import latest_per_unit as newest_per_unit
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 DEFAULT_DB_URL = "sqlite:///results/harness.db"
 DB_ENV_VAR = "HARNESS_DB"
-STATUSES = ("ok", "failed", "oom", "unsupported", "unavailable", "timeout")
 RETRYABLE = (OperationalError, DisconnectionError)  # a lost or refused connection, a locked SQLite file
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)  # back-off between the 5 tries of a write
 
@@ -65,7 +66,7 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-class MetricValue(TypeDecorator[float]):
+class NanFloat(TypeDecorator[float]):
     """A float column that keeps NaN. SQLite binds a NaN as NULL (refused by NOT NULL), so there a
     NaN is stored as the text 'NaN', which SQLite keeps as text; other back ends store NaN natively.
     The processors are replaced, not chained: Float's own bind processor would turn 'NaN' back."""
@@ -107,7 +108,7 @@ class Run(Base):
     scale: Mapped[str] = mapped_column(String(32), default="default")
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    status: Mapped[str] = mapped_column(String(32), default="running")
+    status: Mapped[str] = mapped_column(String(32), default=RunStatus.RUNNING.value)
     command: Mapped[str] = mapped_column(Text, default="")
     git_sha: Mapped[str] = mapped_column(String(64), default="")
     git_dirty: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -124,6 +125,10 @@ class Run(Base):
     # ``jobs`` = {"folder", "workers", "jobs": [{"job_id", "worker", "units": [unit keys]}], ...}.
     executor: Mapped[str] = mapped_column(String(16), default="inline", server_default="inline")
     jobs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=dict)
+    # ``--set KEY=VALUE`` overrides of the suite file ({key: value}); the run's planned units as
+    # [{"key", "section", "identity": UnitIdentity.to_json(), "describe"}] (NULL for runs before version 4).
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=dict)
+    units: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True, default=list)
     results: Mapped[list[Result]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 
@@ -144,6 +149,10 @@ class Result(Base):
     dataset: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     scale: Mapped[str] = mapped_column(String(32), default="default")
     scale_settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    baselines: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=dict)
+    timing: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=dict)
+    seed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    seed_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # k of a row's seeds
     status: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str] = mapped_column(Text, default="")
     notes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -159,7 +168,7 @@ class MetricRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
     name: Mapped[str] = mapped_column(String(128))
-    value: Mapped[float] = mapped_column(MetricValue)
+    value: Mapped[float] = mapped_column(NanFloat)
     unit: Mapped[str] = mapped_column(String(32), default="")
     better: Mapped[str] = mapped_column(String(8), default="none")
     result: Mapped[Result] = relationship(back_populates="metrics")
@@ -193,33 +202,29 @@ def _add_executor_and_jobs(conn: Connection) -> None:
     conn.execute(text(f"ALTER TABLE runs ADD COLUMN jobs {jobs}"))
 
 
+def _add_overrides_units_and_identity(conn: Connection) -> None:
+    """Version 3 -> 4: runs.overrides and runs.units (NULL for earlier runs: their units are not
+    listed), results.baselines and results.timing (NULL) and results.seed (0)."""
+    for table, column in (("runs", "overrides"), ("runs", "units"), ("results", "baselines"), ("results", "timing")):
+        kind = Base.metadata.tables[table].c[column].type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+    seed = Result.__table__.c.seed.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE results ADD COLUMN seed {seed} NOT NULL DEFAULT 0"))
+
+
+def _add_seed_index(conn: Connection) -> None:
+    """Version 4 -> 5: results.seed_index (0: every earlier result is its row's only seed)."""
+    kind = Result.__table__.c.seed_index.type.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE results ADD COLUMN seed_index {kind} NOT NULL DEFAULT 0"))
+
+
 # Explicit migrations: MIGRATIONS[n] upgrades a database from version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_trust_checkpoints, 2: _add_executor_and_jobs}
-
-
-@dataclass
-class UnitRecord:
-    """Everything stored for one executed unit."""
-
-    unit_key: str
-    suite: str
-    trial: str
-    trial_version: str
-    label: str
-    section: str
-    params: dict[str, Any]
-    precision: str
-    batch_size: int
-    device: str
-    dataset: dict[str, Any]
-    scale: str
-    scale_settings: dict[str, Any]
-    status: str
-    error: str
-    notes: dict[str, Any]
-    started_at: datetime
-    ended_at: datetime
-    metrics: list[tuple[str, float, str, str, tuple[float, ...]]]  # name, value, unit, better, samples
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _add_trust_checkpoints,
+    2: _add_executor_and_jobs,
+    3: _add_overrides_units_and_identity,
+    4: _add_seed_index,
+}
 
 
 def resolve_url(url: str | None) -> str:
@@ -371,13 +376,14 @@ class Store:
             run = s.get(Run, run_id)
             if run is None:
                 return False
-            if run.status != "running":
+            if run.status != RunStatus.RUNNING:
                 return True
             planned = {key for job in (run.jobs or {}).get("jobs", []) for key in job.get("units", [])}
             rows = s.execute(select(Result.unit_key, Result.status).where(Result.run_id == run_id)).all()
             if not planned or not planned <= {key for key, _ in rows}:
                 return False
-            run.status = "failed" if any(status in ("failed", "timeout") for _, status in rows) else "ok"
+            failed = any(Status(status).is_failure for _, status in rows)
+            run.status = (RunStatus.FAILED if failed else RunStatus.OK).value
             run.ended_at = utcnow()
             return True
 
@@ -401,50 +407,62 @@ class Store:
             q = select(Result.id).where(Result.run_id == run_id, Result.unit_key == unit_key).limit(1)
             return s.scalar(q)
 
-    def add_result(self, run_id: int, rec: UnitRecord) -> int:
+    def add_result(self, run_id: int, rec: ResultRow) -> int:
         """Store one unit with its metrics and samples in a single transaction, retried with back-off
         if the connection is lost (a retry first checks whether the failed try committed after all)."""
 
         def attempt(n: int) -> int:
             if n > 1:
-                landed = self.result_id(run_id, rec.unit_key)
+                landed = self.result_id(run_id, rec.key)
                 if landed is not None:
                     return landed
             return self._add_result_once(run_id, rec)
 
         return int(self.retrying(attempt))
 
-    def _add_result_once(self, run_id: int, rec: UnitRecord) -> int:
+    def _add_result_once(self, run_id: int, rec: ResultRow) -> int:
+        ident = rec.identity
         with self.session() as s:
             result = Result(
                 run_id=run_id,
-                unit_key=rec.unit_key,
+                unit_key=rec.key,
                 suite=rec.suite,
-                trial=rec.trial,
-                trial_version=rec.trial_version,
-                label=rec.label,
-                section=rec.section,
-                params=rec.params,
-                precision=rec.precision,
-                batch_size=rec.batch_size,
-                device=rec.device,
-                dataset=rec.dataset,
-                scale=rec.scale,
-                scale_settings=rec.scale_settings,
-                status=rec.status,
+                trial=ident.trial,
+                trial_version=ident.version,
+                label=ident.label,
+                section=ident.section,
+                params=ident.params,
+                precision=ident.precision,
+                batch_size=ident.batch_size,
+                device=ident.device,
+                dataset=ident.dataset,
+                scale=rec.scale_name,
+                scale_settings=ident.scale,
+                baselines=ident.baselines,
+                timing=ident.timing,
+                seed=ident.seed,
+                seed_index=ident.seed_index,
+                status=Status(rec.status).value,
                 error=mask_secrets(rec.error),
                 notes=mask_tree(_jsonable(rec.notes)),
                 started_at=rec.started_at,
                 ended_at=rec.ended_at,
-                duration_s=(rec.ended_at - rec.started_at).total_seconds(),
+                duration_s=rec.duration_s or 0.0,
             )
-            for name, value, unit, better, samples in rec.metrics:
-                metric = MetricRow(name=name, value=value, unit=unit, better=better)
-                metric.samples = [Sample(seq=i, value=v) for i, v in enumerate(samples)]
+            for m in rec.metrics.values():
+                metric = MetricRow(name=m.name, value=m.value, unit=m.unit, better=m.better)
+                metric.samples = [Sample(seq=i, value=v) for i, v in enumerate(m.samples)]
                 result.metrics.append(metric)
             s.add(result)
             s.flush()
             return result.id
+
+    def set_run_units(self, run_id: int, units: list[dict[str, Any]]) -> None:
+        """Record the units a run planned (their keys and identities), for reports and the gate."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is not None:
+                run.units = mask_tree(_jsonable(units))
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -452,7 +470,7 @@ class Store:
         """Unit keys stored ok (within ``suite`` if given: reports read a suite's own rows, so a
         unit another suite stored does not count as done for this one)."""
         with self.session() as s:
-            q = select(Result.unit_key).where(Result.status == "ok")
+            q = select(Result.unit_key).where(Result.status == Status.OK.value)
             if keys is not None:
                 q = q.where(Result.unit_key.in_(keys))
             if suite is not None:
@@ -484,8 +502,8 @@ class Store:
         suite: str | None = None,
         latest_per_unit: bool = True,
         with_samples: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Result rows as plain dicts (metrics as {name: {value, unit, better, samples?}}).
+    ) -> list[ResultRow]:
+        """Stored results, oldest first (samples read only ``with_samples``).
 
         With ``suite`` and ``latest_per_unit``, each unit appears once: its newest ok result, or,
         if it never succeeded, its newest result of any status.
@@ -497,15 +515,8 @@ class Store:
             if suite is not None:
                 q = q.where(Result.suite == suite)
             rows = list(s.scalars(q))
-            out = [_result_dict(r, with_samples) for r in rows]
-        if latest_per_unit:
-            chosen: dict[str, dict[str, Any]] = {}
-            for row in out:
-                prev = chosen.get(row["unit_key"])
-                if prev is None or row["status"] == "ok" or prev["status"] != "ok":
-                    chosen[row["unit_key"]] = row
-            out = list(chosen.values())
-        return out
+            out = [_result_row(r, with_samples) for r in rows]
+        return newest_per_unit(out) if latest_per_unit else out
 
     def run_unit_statuses(self, run_id: int) -> list[tuple[int, str, str, str]]:
         """(result id, unit key, status, error) of every result of a run, oldest first: a light
@@ -514,42 +525,63 @@ class Store:
             q = select(Result.id, Result.unit_key, Result.status, Result.error).where(Result.run_id == run_id)
             return [tuple(row) for row in s.execute(q.order_by(Result.id))]  # type: ignore[misc]
 
-    def count_results(self, suite: str | None = None) -> int:
+    def wall_times(self, trials: list[str]) -> list[tuple[str, str, str, float]]:
+        """(unit key, trial, scale, wall time in s) of every ok result of ``trials``, oldest first: what
+        ``harness run --dry-run`` estimates a unit's time from."""
         with self.session() as s:
-            q = select(func.count(Result.id))
+            q = (
+                select(Result.unit_key, Result.trial, Result.scale, Result.duration_s)
+                .where(Result.status == Status.OK.value, Result.trial.in_(trials))
+                .order_by(Result.id)
+            )
+            return [(key, trial, scale, float(seconds or 0.0)) for key, trial, scale, seconds in s.execute(q)]
+
+    def results_per_run(self, suite: str | None = None) -> dict[int, int]:
+        """{run id: number of results stored}, counted in SQL."""
+        with self.session() as s:
+            q = select(Result.run_id, func.count(Result.id)).group_by(Result.run_id)
             if suite:
                 q = q.where(Result.suite == suite)
-            return int(s.scalar(q) or 0)
+            return {int(run_id): int(n) for run_id, n in s.execute(q)}
 
 
-def _result_dict(r: Result, with_samples: bool) -> dict[str, Any]:
-    metrics = {}
-    for m in r.metrics:
-        entry: dict[str, Any] = {"value": float(m.value), "unit": m.unit, "better": m.better}
-        if with_samples:
-            entry["samples"] = [smp.value for smp in m.samples]
-        metrics[m.name] = entry
-    return {
-        "id": r.id,
-        "run_id": r.run_id,
-        "unit_key": r.unit_key,
-        "suite": r.suite,
-        "trial": r.trial,
-        "trial_version": r.trial_version,
-        "label": r.label,
-        "section": r.section,
-        "params": dict(r.params or {}),
-        "precision": r.precision,
-        "batch_size": r.batch_size,
-        "device": r.device,
-        "dataset": dict(r.dataset or {}),
-        "scale": r.scale,
-        "status": r.status,
-        "error": r.error,
-        "notes": dict(r.notes or {}),
-        "duration_s": r.duration_s,
-        "metrics": metrics,
+def _result_row(r: Result, with_samples: bool) -> ResultRow:
+    identity = UnitIdentity(
+        trial=r.trial,
+        version=r.trial_version,
+        label=r.label,
+        section=r.section,
+        params=dict(r.params or {}),
+        precision=r.precision,
+        batch_size=r.batch_size,
+        device=r.device,
+        dataset=dict(r.dataset or {}),
+        scale=dict(r.scale_settings or {}),
+        baselines=dict(r.baselines or {}),
+        timing=dict(r.timing or {}),
+        seed=r.seed or 0,
+        seed_index=r.seed_index or 0,
+    )
+    metrics = {
+        m.name: MetricValue(
+            m.name, float(m.value), m.unit, m.better, tuple(smp.value for smp in m.samples) if with_samples else ()
+        )
+        for m in r.metrics
     }
+    return ResultRow(
+        key=r.unit_key,
+        suite=r.suite,
+        identity=identity,
+        status=Status(r.status),
+        error=r.error,
+        notes=dict(r.notes or {}),
+        metrics=metrics,
+        scale_name=r.scale,
+        started_at=r.started_at,
+        ended_at=r.ended_at,
+        id=r.id,
+        run_id=r.run_id,
+    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,33 +1,39 @@
 """Suites: YAML files that run registered trials over grids of parameters and axes.
 
-Loading validates the whole file against the registry before anything runs; every error names
-the file, the line and the key. ``expand`` turns a suite at one scale into units, each with a
-stable key. The file format is documented in README.md ("Writing a suite").
+This is the one module that reads suite YAML (and the layout files a suite points to). A suite is
+parsed once, with any ``--set KEY=VALUE`` overrides applied, into a :class:`Suite` carrying its
+units per scale, its report layout and its gate settings. Loading validates the whole file before
+anything runs; every error names the file, the line and the key (or the ``--set`` it came from).
+Each unit carries its :class:`~harness.results.UnitIdentity`. The file format is documented in
+README.md ("Writing a suite").
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.devices import parse_device
 from harness.errors import UserError
-from harness.registry import AXES, DEVICES, PRECISIONS, TrialSpec, did_you_mean, get_trial
+from harness.registry import AXES, PRECISIONS, TrialSpec, did_you_mean, get_trial, validate_settings
+from harness.reports.layout import ReportLayout, parse_layout
+from harness.results import UnitIdentity, suite_name_of
 from harness.timing import TimingConfig
 
 SCALES = ("smoke", "default", "paper")
 TOP_KEYS = (
     "name", "title", "paper", "reproduces", "description", "seed", "dataset", "timing", "scales",
-    "matrix", "benchmarks", "tables", "figures", "layout", "notes", "gate", "trust_checkpoints",
+    "matrix", "benchmarks", "tables", "figures", "layout", "notes", "gate", "trust_checkpoints", "baselines",
+    "seeds",
 )  # fmt: skip
-ENTRY_KEYS = ("trial", "section", "label", "params", "matrix", "cases", "notes")
-SCALE_BLOCK_KEYS = ("dataset", "timing")
+ENTRY_KEYS = ("trial", "section", "label", "params", "matrix", "cases", "notes", "dataset", "seeds")
+SCALE_BLOCK_KEYS = ("dataset", "timing", "baselines")
 GATE_KEYS = ("min_effect", "accuracy_tolerance", "alpha", "rounds", "warmup_rounds", "metrics")
 GATE_METRIC_KEYS = ("min_effect", "accuracy_tolerance")
 
@@ -65,6 +71,12 @@ class _Located:
 
     def __init__(self) -> None:
         self.lines: dict[tuple[Any, ...], int] = {}
+        self.overrides: dict[tuple[Any, ...], str] = {}  # key path -> the ``--set`` that gave it
+
+    def override(self, path: tuple[Any, ...]) -> str | None:
+        """The ``--set`` behind ``path``: one setting it or a key inside it (the most specific)."""
+        related = [p for p in self.overrides if p == path[: len(p)] or path == p[: len(path)]]
+        return self.overrides[max(related, key=len)] if related else None
 
     def line(self, path: tuple[Any, ...]) -> int | None:
         while path:
@@ -92,13 +104,15 @@ def _construct(node: yaml.Node, path: tuple[Any, ...], loc: _Located, source: st
     return yaml.safe_load(yaml.serialize(node))
 
 
-def _load_yaml(path: Path) -> tuple[Any, _Located]:
+def _load_yaml(path: Path, what: str = "suite file") -> tuple[Any, _Located]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise UserError(f"suite file {path} does not exist") from None
+        raise UserError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a directory") from None
     except OSError as exc:
-        raise UserError(f"cannot read suite file {path}: {exc.strerror}") from None
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
     loc = _Located()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -109,8 +123,87 @@ def _load_yaml(path: Path) -> tuple[Any, _Located]:
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: malformed YAML: {exc}") from None
     if node is None:
-        raise UserError(f"{path}: the suite file is empty")
+        raise UserError(f"{path}: the {what} is empty")
     return _construct(node, (), loc, str(path)), loc
+
+
+def read_layout_file(path: Path) -> dict[str, Any]:
+    """A layout file a suite points to (``layout: layouts/x.yaml``), as a mapping."""
+    data, _ = _load_yaml(path, "layout file")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping with 'tables' and/or 'figures'")
+    return data
+
+
+# --- --set overrides ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Override:
+    """``--set KEY=VALUE``: a dotted path into the suite's top-level mapping and a YAML value."""
+
+    text: str
+    path: tuple[str, ...]
+    value: Any
+
+    @classmethod
+    def parse(cls, text: str) -> Override:
+        key, eq, raw_value = text.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UserError(f"--set {text}: expected KEY=VALUE (e.g. dataset.root=/data/VOCdevkit)")
+        path = tuple(key.split("."))
+        if any(not part for part in path):
+            raise UserError(f"--set {text}: {key!r} is not a dotted key path")
+        try:
+            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {text}: the value is not valid YAML: {one_line_yaml(exc)}") from None
+        return cls(text, path, value)
+
+    def apply(self, raw: dict[str, Any], loc: _Located) -> None:
+        """Set the value at the path (a mapping value replaces the mapping there), creating the
+        mappings on the way. A number indexes a list: ``benchmarks.2.dataset.root`` is the third
+        entry's dataset root."""
+        node: Any = raw
+        located: list[Any] = []
+        for depth, part in enumerate(self.path):
+            key = self._step(node, part, depth)
+            located.append(key)
+            if depth == len(self.path) - 1:
+                node[key] = self.value
+                break
+            child = node[key] if isinstance(node, list) else node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, (dict, list)):
+                where = ".".join(self.path[: depth + 1])
+                raise UserError(f"--set {self.text}: {where} is a {type(child).__name__}, not a mapping")
+            node = child
+        loc.overrides[tuple(located)] = self.text
+
+    def _step(self, node: Any, part: str, depth: int) -> Any:
+        """The key (or list index) ``part`` names in ``node``."""
+        if not isinstance(node, list):
+            return part
+        if not part.isdigit() or int(part) >= len(node):
+            where = ".".join(self.path[:depth])
+            raise UserError(
+                f"--set {self.text}: {where} is a list of {len(node)}: {part!r} is not an index (0 to {len(node) - 1})"
+            )
+        return int(part)
+
+    def as_pair(self) -> tuple[str, Any]:
+        return ".".join(self.path), self.value
+
+
+def one_line_yaml(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None)
+    return str(problem or exc).splitlines()[0]
+
+
+def parse_overrides(items: Sequence[str]) -> list[Override]:
+    return [Override.parse(item) for item in items]
 
 
 # --- the suite model ----------------------------------------------------------------------------
@@ -125,6 +218,8 @@ class Entry:
     params: dict[str, Any]
     matrix: dict[str, Any]
     cases: list[dict[str, Any]]
+    dataset: dict[str, Any] = field(default_factory=dict)  # merged over the suite's, at the unit's scale
+    seeds: Any = None  # the entry's ``seeds:`` (else the suite's), possibly per scale
 
 
 @dataclass(frozen=True)
@@ -133,24 +228,80 @@ class Unit:
 
     suite: str
     trial: TrialSpec
-    params: dict[str, Any]
-    precision: str
-    batch_size: int
-    device: str
-    label: str
-    section: str
-    scale: str
-    scale_settings: dict[str, Any]
-    dataset: dict[str, Any]
+    identity: UnitIdentity
+    scale: str  # the scale's name
     timing: TimingConfig
-    seed: int
-    key: str
+    key: str = ""  # identity.key, computed once
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.identity.key)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.identity.params
+
+    @property
+    def precision(self) -> str:
+        return self.identity.precision
+
+    @property
+    def batch_size(self) -> int:
+        return self.identity.batch_size
+
+    @property
+    def device(self) -> str:
+        return self.identity.device
+
+    @property
+    def label(self) -> str:
+        return self.identity.label
+
+    @property
+    def section(self) -> str:
+        return self.identity.section
+
+    @property
+    def scale_settings(self) -> dict[str, Any]:
+        return self.identity.scale
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.identity.dataset
+
+    @property
+    def baselines(self) -> dict[str, Any]:
+        return self.identity.baselines
+
+    @property
+    def seed(self) -> int:
+        return self.identity.seed
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in self.params.items())
         axes = f"{self.precision} b{self.batch_size} {self.device}"
         label = f"[{self.label}] " if self.label else ""
-        return f"{self.trial.name} {label}{shown} | {axes}"
+        seed = f" | seed {self.identity.seed_index}" if self.identity.seed_index else ""
+        return f"{self.trial.name} {label}{shown} | {axes}{seed}"
+
+    def listing(self) -> dict[str, Any]:
+        """How a run records the unit it planned (``runs.units``)."""
+        return {"key": self.key, "describe": self.describe(), "identity": self.identity.to_json()}
+
+    @classmethod
+    def from_listing(cls, suite: str, scale: str, listing: dict[str, Any]) -> Unit:
+        """A unit a run planned, rebuilt from ``runs.units`` (its trial from the registry): a
+        cluster job runs exactly what the run expanded, ``--set`` overrides included."""
+        identity = UnitIdentity.from_json(listing["identity"])
+        spec = get_trial(identity.trial)
+        if spec.version != identity.version:
+            raise UserError(
+                f"trial {spec.name} is at version {spec.version}, the run planned version {identity.version}"
+            )
+        unit = cls(suite, spec, identity, scale, TimingConfig.from_dict(identity.timing))
+        if unit.key != listing["key"]:
+            raise UserError(f"unit {listing['key']} does not rebuild to the same key (suite or harness changed)")
+        return unit
 
 
 @dataclass
@@ -167,12 +318,24 @@ class Suite:
     matrix: dict[str, Any]
     entries: list[Entry]
     raw: dict[str, Any] = field(repr=False)
+    seeds: Any = 1  # training seeds per row (``seeds: N``, possibly per scale)
     sha: str = ""
     gate: GateSettings = field(default_factory=GateSettings)
     trust_checkpoints: bool = False  # fully unpickle user checkpoints (as --trust-checkpoints)
+    baselines: dict[str, Any] = field(default_factory=dict)
+    layout: ReportLayout = field(default_factory=lambda: ReportLayout(paper=None))
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set KEY=VALUE, as {KEY: VALUE}
+    _checker: _Checker | None = field(default=None, repr=False)
+    _units: dict[str, list[Unit]] = field(default_factory=dict, repr=False)
 
     def units(self, scale: str) -> list[Unit]:
-        return expand(self, scale)
+        """The suite's units at ``scale`` (expanded once, on load)."""
+        if scale not in self._units:
+            self._units[scale] = expand(self, scale)
+        return self._units[scale]
+
+    def scale_names(self) -> list[str]:
+        return list(self.scales or {"default": {}})
 
 
 class _Checker:
@@ -181,9 +344,12 @@ class _Checker:
         self.loc = loc
 
     def fail(self, keypath: tuple[Any, ...], message: str) -> UserError:
+        key = ".".join(str(k) for k in keypath)
+        override = self.loc.override(keypath) if keypath else None
+        if override is not None:
+            return UserError(f"--set {override}: {key + ': ' if key else ''}{message} (suite {self.path})")
         line = self.loc.line(keypath)
         where = f"{self.path}:{line}" if line else str(self.path)
-        key = ".".join(str(k) for k in keypath)
         return UserError(f"{where}: {key + ': ' if key else ''}{message}")
 
     def mapping(self, value: Any, keypath: tuple[Any, ...]) -> dict[str, Any]:
@@ -216,20 +382,27 @@ def _at_scale(value: Any, scale: str, chk: _Checker, keypath: tuple[Any, ...]) -
     return value
 
 
-def suite_name_of(target: str) -> str:
-    """The suite name a CLI target means: a suite file's stem, or the name itself."""
-    return Path(target).stem if target.endswith((".yaml", ".yml")) else target
+__all__ = ["GateSettings", "Suite", "Unit", "load_suite", "suite_name_of"]
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Load and validate a suite at every scale it declares."""
+def load_suite(path: str | Path, overrides: Sequence[str] = (), *, with_units: bool = True) -> Suite:
+    """Load and validate a suite, with ``--set KEY=VALUE`` ``overrides`` applied, at every scale it
+    declares.
+
+    ``with_units=False`` reads the suite without the trial registry (no method package imported):
+    its name, layout, gate settings and settings blocks, but no entries and no units. ``report`` and
+    ``check`` read a suite so; they take the units a run planned from the database.
+    """
     path = Path(path)
     raw, loc = _load_yaml(path)
     chk = _Checker(path, loc)
     if not isinstance(raw, dict):
         raise chk.fail((), "a suite must be a mapping with name, title and benchmarks")
+    parsed = parse_overrides(overrides)
+    for override in parsed:
+        override.apply(raw, loc)
     chk.keys(raw, TOP_KEYS, ())
-    for required in ("name", "benchmarks"):
+    for required in ("name", "benchmarks") if with_units else ("name",):
         if required not in raw:
             raise chk.fail((), f"missing required key {required!r}")
     name = raw["name"]
@@ -249,10 +422,12 @@ def load_suite(path: str | Path) -> Suite:
         scales[scale_name] = block
         for sub in SCALE_BLOCK_KEYS:
             chk.mapping(block.get(sub), ("scales", scale_name, sub))
-    benchmarks = raw["benchmarks"]
-    if not isinstance(benchmarks, list) or not benchmarks:
-        raise chk.fail(("benchmarks",), "must be a non-empty list of entries")
-    entries = [_parse_entry(item, i, chk) for i, item in enumerate(benchmarks)]
+    entries = []
+    if with_units:  # a report reads a suite for its layout: entries need the trial registry
+        benchmarks = raw["benchmarks"]
+        if not isinstance(benchmarks, list) or not benchmarks:
+            raise chk.fail(("benchmarks",), "must be a non-empty list of entries")
+        entries = [_parse_entry(item, i, chk) for i, item in enumerate(benchmarks)]
     suite = Suite(
         path=path,
         name=name,
@@ -266,28 +441,29 @@ def load_suite(path: str | Path) -> Suite:
         matrix=chk.mapping(raw.get("matrix"), ("matrix",)),
         entries=entries,
         raw=raw,
+        seeds=raw.get("seeds", 1),
         sha=hashlib.sha256(path.read_bytes()).hexdigest(),
         gate=_parse_gate(raw.get("gate"), chk),
         trust_checkpoints=_parse_flag(raw, "trust_checkpoints", chk),
+        baselines=chk.mapping(raw.get("baselines"), ("baselines",)),
+        overrides=dict(o.as_pair() for o in parsed),
+        _checker=chk,
     )
     for key, _values in suite.matrix.items():
         if key not in AXES:
             raise chk.fail(("matrix", key), f"top-level matrix takes only axes {AXES}")
-    suite._checker = chk  # type: ignore[attr-defined]
-    for scale_name in scales or {"default": {}}:
-        expand(suite, scale_name)
-    _validate_layout(suite, raw, path)
-    return suite
-
-
-def _validate_layout(suite: Suite, raw: dict[str, Any], path: Path) -> None:
-    if not any(k in raw for k in ("tables", "figures", "layout")):
-        return
     try:
-        from harness.reports.layout import parse_layout
-    except ImportError:
-        return
-    parse_layout(raw, str(path))
+        suite.layout = parse_layout(raw, str(path))
+    except UserError as exc:
+        source = loc.override(("tables",)) or loc.override(("figures",)) or loc.override(("layout",))
+        raise (UserError(f"--set {source}: {exc}") if source else exc) from None
+    for scale_name in suite.scale_names():
+        settings = _scale_settings(suite, scale_name)
+        if with_units:
+            suite.units(scale_name)
+        else:
+            _check_settings(chk, settings)
+    return suite
 
 
 def _gate_number(value: Any, keypath: tuple[Any, ...], chk: _Checker, *, integer: bool = False, minimum: float = 0):
@@ -355,6 +531,8 @@ def _parse_entry(item: Any, index: int, chk: _Checker) -> Entry:
         params=chk.mapping(item.get("params"), keypath + ("params",)),
         matrix=matrix,
         cases=cases,
+        dataset=chk.mapping(item.get("dataset"), keypath + ("dataset",)),
+        seeds=item.get("seeds"),
     )
 
 
@@ -367,30 +545,83 @@ def _combos(matrix: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
         yield dict(zip(keys, values, strict=False))
 
 
-def unit_key(payload: dict[str, Any]) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+@dataclass(frozen=True)
+class ScaleSettings:
+    """A suite's settings resolved at one scale: what every unit at that scale shares."""
+
+    scale: str
+    block: dict[str, Any]  # the scale's own settings (iterations, sizes...), without the blocks below
+    dataset: dict[str, Any]
+    baselines: dict[str, Any]
+    timing: TimingConfig
+    dataset_path: tuple[Any, ...]  # where a bad value of each block is reported
+    baselines_path: tuple[Any, ...]
 
 
-def expand(suite: Suite, scale: str) -> list[Unit]:
-    """All units of ``suite`` at ``scale``, de-duplicated, in file order."""
-    chk: _Checker = getattr(suite, "_checker", None) or _Checker(suite.path, _Located())
+def _scale_settings(suite: Suite, scale: str) -> ScaleSettings:
+    chk = suite._checker or _Checker(suite.path, _Located())
     if suite.scales and scale not in suite.scales:
         raise UserError(
             f"{suite.path}: suite {suite.name!r} declares no scale {scale!r} (it has: {', '.join(suite.scales)})"
         )
     block = _at_scale(suite.scales.get(scale, {}), scale, chk, ("scales", scale))
-    dataset = {**_at_scale(suite.dataset, scale, chk, ("dataset",)), **block.get("dataset", {})}
-    timing_dict = {**_at_scale(suite.timing, scale, chk, ("timing",)), **block.get("timing", {})}
+    merged = {}
+    for name, top in (("dataset", suite.dataset), ("baselines", suite.baselines), ("timing", suite.timing)):
+        value = {**_at_scale(top, scale, chk, (name,)), **block.get(name, {})}
+        merged[name] = value
     try:
-        timing = TimingConfig.from_dict(timing_dict)
+        timing = TimingConfig.from_dict(merged["timing"])
     except (TypeError, ValueError) as exc:
         raise chk.fail(("timing",), str(exc)) from None
-    scale_settings = {k: v for k, v in block.items() if k not in SCALE_BLOCK_KEYS}
+    return ScaleSettings(
+        scale=scale,
+        block={k: v for k, v in block.items() if k not in SCALE_BLOCK_KEYS},
+        dataset=merged["dataset"],
+        baselines=merged["baselines"],
+        timing=timing,
+        dataset_path=_settings_path(chk, scale, "dataset", block),
+        baselines_path=_settings_path(chk, scale, "baselines", block),
+    )
+
+
+def _settings_path(chk: _Checker, scale: str, name: str, block: dict[str, Any]) -> tuple[Any, ...]:
+    """Where to report a bad value of a settings block at ``scale``: a ``--set`` of either the
+    top-level block or the scale's, else the scale's block if it has one, else the top-level one."""
+    scaled, top = ("scales", scale, name), (name,)
+    for path in (scaled, top):
+        if chk.loc.override(path) is not None:
+            return path
+    return scaled if block.get(name) else top
+
+
+def _check_settings(chk: _Checker, settings: ScaleSettings) -> None:
+    """The method packages' checks of the dataset and baselines blocks (registered hooks)."""
+    resolved = {"dataset": settings.dataset, "baselines": settings.baselines}
+    for block, value, keypath in (
+        ("dataset", settings.dataset, settings.dataset_path),
+        ("baselines", settings.baselines, settings.baselines_path),
+    ):
+        try:
+            validate_settings(block, value, resolved)
+        except (UserError, ValueError, TypeError) as exc:
+            raise chk.fail(keypath, f"{exc} (at scale {settings.scale})") from None
+
+
+def expand(suite: Suite, scale: str) -> list[Unit]:
+    """All units of ``suite`` at ``scale``, de-duplicated, in file order (use :meth:`Suite.units`,
+    which expands once)."""
+    chk: _Checker = suite._checker or _Checker(suite.path, _Located())
+    settings = _scale_settings(suite, scale)
+    _check_settings(chk, settings)
     top_axes = _at_scale(suite.matrix, scale, chk, ("matrix",))
+    for key, values in top_axes.items():
+        if not isinstance(values, list) or not values:
+            raise chk.fail(("matrix", key), "matrix values must be non-empty lists")
     units: dict[str, Unit] = {}
     for entry in suite.entries:
         base = ("benchmarks", entry.index)
+        entry_settings = _entry_settings(settings, entry, chk)
+        seeds = _seed_count(suite, entry, scale, chk)
         matrix = _at_scale(entry.matrix, scale, chk, base + ("matrix",))
         for key, values in matrix.items():
             if not isinstance(values, list) or not values:
@@ -411,24 +642,59 @@ def expand(suite: Suite, scale: str) -> list[Unit]:
         for combo in _combos({**axes_grid, **matrix}):
             for ci, case in enumerate(cases):
                 case_path = base + ("cases", ci) if entry.cases else base
-                unit = _make_unit(suite, entry, scale, {**params_fixed, **combo, **case}, case_path, chk,
-                                  scale_settings, dataset, timing)  # fmt: skip
-                units.setdefault(unit.key, unit)
+                from_top = {a: ("matrix", a) for a in axes_grid if a not in explicit_axes and a not in case}
+                values = {**params_fixed, **combo, **case}
+                for k in range(seeds):
+                    unit = _make_unit(suite, entry, entry_settings, values, case_path, chk, from_top, seed_index=k)
+                    units.setdefault(unit.key, unit)
     return list(units.values())
+
+
+def _entry_settings(settings: ScaleSettings, entry: Entry, chk: _Checker) -> ScaleSettings:
+    """``settings`` with the entry's own ``dataset:`` (at the scale) merged over the suite's, and
+    checked by the same hooks as the suite's (the baselines again too: they may depend on it). A key
+    whose value is null at the scale is left out (``height: {smoke: 128, paper: null}``: every image
+    at its own size at paper scale)."""
+    if not entry.dataset:
+        return settings
+    path = ("benchmarks", entry.index, "dataset")
+    own = _at_scale(entry.dataset, settings.scale, chk, path)
+    if not isinstance(own, dict):
+        raise chk.fail(path, f"expected a mapping, got {type(own).__name__}")
+    dataset = {**settings.dataset, **own}
+    dataset = {k: v for k, v in dataset.items() if not (k in own and own[k] is None)}  # null: leave the key out
+    merged = replace(settings, dataset=dataset, dataset_path=path)
+    _check_settings(chk, merged)
+    return merged
+
+
+def _seed_count(suite: Suite, entry: Entry, scale: str, chk: _Checker) -> int:
+    """How many training seeds each row of ``entry`` runs at ``scale``: the entry's ``seeds:``, else
+    the suite's, else 1."""
+    given, path = (
+        (entry.seeds, ("benchmarks", entry.index, "seeds")) if entry.seeds is not None else (suite.seeds, ("seeds",))
+    )
+    value = _at_scale(given, scale, chk, path)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise chk.fail(path, f"must be a positive integer (training seeds per row), got {value!r}")
+    return value
 
 
 def _make_unit(
     suite: Suite,
     entry: Entry,
-    scale: str,
+    settings: ScaleSettings,
     values: dict[str, Any],
     keypath: tuple[Any, ...],
     chk: _Checker,
-    scale_settings: dict[str, Any],
-    dataset: dict[str, Any],
-    timing: TimingConfig,
+    axis_paths: dict[str, tuple[Any, ...]] | None = None,
+    *,
+    seed_index: int = 0,
 ) -> Unit:
+    """``axis_paths``: where an axis value came from when not from ``keypath`` (the top-level matrix);
+    ``seed_index``: k of the row's seeds (the unit's seed is the suite's + k)."""
     values = dict(values)
+    at = {a: (axis_paths or {}).get(a, keypath + (a,)) for a in AXES}
     label = str(values.pop("label", entry.label))
     axes = {"precision": "fp32", "batch_size": 1, "device": "cpu"}
     for a in AXES:
@@ -437,14 +703,14 @@ def _make_unit(
                 raise chk.fail(keypath + (a,), f"trial {entry.trial.name} does not support axis {a!r}")
             axes[a] = values.pop(a)
     if axes["precision"] not in PRECISIONS:
-        raise chk.fail(
-            keypath + ("precision",), f"unknown precision {axes['precision']!r}; known: {', '.join(PRECISIONS)}"
-        )
-    if axes["device"] not in DEVICES:
-        raise chk.fail(keypath + ("device",), f"unknown device {axes['device']!r}; known: {', '.join(DEVICES)}")
+        raise chk.fail(at["precision"], f"unknown precision {axes['precision']!r}; known: {', '.join(PRECISIONS)}")
+    try:
+        axes["device"] = parse_device(axes["device"])
+    except ValueError as exc:
+        raise chk.fail(at["device"], str(exc)) from None
     bs = axes["batch_size"]
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise chk.fail(keypath + ("batch_size",), f"batch_size must be a positive integer, got {bs!r}")
+        raise chk.fail(at["batch_size"], f"batch_size must be a positive integer, got {bs!r}")
     try:
         params = entry.trial.resolve_params(values)
     except ValueError as exc:
@@ -456,32 +722,20 @@ def _make_unit(
         else:
             where = keypath + (bad,)
         raise chk.fail(where, str(exc)) from None
-    key = unit_key(
-        {
-            "trial": entry.trial.name,
-            "version": entry.trial.version,
-            "label": label,
-            "params": params,
-            "axes": axes,
-            "dataset": dataset,
-            "scale": scale_settings,
-            "timing": timing.__dict__,
-            "seed": suite.seed,
-        }
-    )
-    return Unit(
-        suite=suite.name,
-        trial=entry.trial,
+    identity = UnitIdentity(
+        trial=entry.trial.name,
+        version=entry.trial.version,
+        label=label,
+        section=entry.section,
         params=params,
         precision=axes["precision"],
         batch_size=axes["batch_size"],
         device=axes["device"],
-        label=label,
-        section=entry.section,
-        scale=scale,
-        scale_settings=scale_settings,
-        dataset=dataset,
-        timing=timing,
-        seed=suite.seed,
-        key=key,
+        dataset=settings.dataset,
+        scale=settings.block,
+        baselines=settings.baselines,
+        timing=dict(settings.timing.__dict__),
+        seed=suite.seed + seed_index,
+        seed_index=seed_index,
     )
+    return Unit(suite=suite.name, trial=entry.trial, identity=identity, scale=settings.scale, timing=settings.timing)

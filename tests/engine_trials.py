@@ -56,6 +56,14 @@ def simple(ctx: TrialContext) -> None:
     ctx.record("value", ctx.params["k"])
 
 
+@trial("test.settings", doc="Records what it is given of the suite's settings blocks.", metrics=[Metric("value")])
+def settings(ctx: TrialContext) -> None:
+    ctx.note("dataset", ctx.dataset)
+    ctx.note("baselines", ctx.baselines)
+    ctx.note("scale", ctx.scale)
+    ctx.record("value", float(ctx.dataset.get("num_train", 0)))
+
+
 if __name__ == "__main__":  # run the CLI with these trials registered (used by subprocess tests)
     from harness.cli import main
 

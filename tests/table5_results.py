@@ -9,7 +9,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from harness.store import Store, UnitRecord
+from harness.results import MetricValue, ResultRow, Status
+from harness.store import Store
 from harness.suite import Unit, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def _miou(params: dict[str, Any]) -> float:
     return 61.2  # the default row: entropy, rgb, minkunet6, gated
 
 
-def _metrics(unit: Unit) -> list[tuple[str, float, str, str, tuple[float, ...]]]:
+def _metrics(unit: Unit) -> list[MetricValue]:
     p = unit.params
     trial = unit.trial.name
     noisy = (unit.section, p.get("selector")) == NOISY_SECTION_SELECTOR
@@ -71,7 +72,7 @@ def _metrics(unit: Unit) -> list[tuple[str, float, str, str, tuple[float, ...]]]
             continue
         value = values[metric.name]
         samples = _samples(value, 0.4 if noisy else 0.04) if metric.unit == "ms" else ()
-        out.append((metric.name, value, metric.unit, metric.better, samples))
+        out.append(MetricValue(metric.name, value, metric.unit, metric.better, samples))
     return out
 
 
@@ -81,15 +82,14 @@ def _status(unit: Unit) -> tuple[str, str]:
     return "ok", ""
 
 
-def record(unit: Unit, index: int) -> UnitRecord:
+def record(unit: Unit, index: int) -> ResultRow:
     status, error = _status(unit)
     started = T0 + timedelta(seconds=10 * index)
-    return UnitRecord(
-        unit_key=unit.key, suite=unit.suite, trial=unit.trial.name, trial_version=unit.trial.version,
-        label=unit.label, section=unit.section, params=unit.params, precision=unit.precision,
-        batch_size=unit.batch_size, device=unit.device, dataset=unit.dataset, scale=unit.scale,
-        scale_settings=unit.scale_settings, status=status, error=error, notes={}, started_at=started,
-        ended_at=started + timedelta(seconds=1 + index % 7), metrics=_metrics(unit) if status == "ok" else [],
+    metrics = {m.name: m for m in _metrics(unit)} if status == "ok" else {}
+    return ResultRow(
+        key=unit.key, suite=unit.suite, identity=unit.identity, status=Status(status), error=error,
+        scale_name=unit.scale, started_at=started, ended_at=started + timedelta(seconds=1 + index % 7),
+        metrics=metrics,
     )  # fmt: skip
 
 

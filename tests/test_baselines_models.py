@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.timing import fold_batchnorm
+from harness.devices import fold_batchnorm
 from methods.baselines import ARCH_NAMES, BaselineModel, SegCNN, TrainConfig, train_segmentation_model
 from methods.baselines.baseline import model_input, model_labels
 from methods.baselines.training import class_weights

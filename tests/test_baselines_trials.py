@@ -76,9 +76,11 @@ def test_evaluate_trial_records_accuracy_and_per_class_iou(tmp_path: Path) -> No
 KNOWN_DATA = {**TINY_DATA, "num_val": 3}  # 3 val images: evaluated as a batch of 2, then 1
 # Golden figures of baseline.evaluate on GOLDEN_SCALE (arch tiny, seed 1, 64x128, 2 train / 1 val
 # images), at one torch thread with torch 2.13.0 (CPU build). 20 iterations: the models already
-# predict several classes (at 3 they predict one class everywhere). To regenerate after a change
-# that is meant to alter them, print ``{k: ctx.metrics[k].value for k in GOLDEN_METRICS}`` from
-# this test for each kind and paste the values.
+# predict several classes (at 3 they predict one class everywhere). On one machine a rerun agrees bit
+# for bit; across CPUs the kernels sum in another order and a model trained 20 steps drifts: another
+# Xeon gave LR mIoU 4.39 / pixel accuracy 21.13 for the golden 4.20 / 20.88, hence a 1-point
+# tolerance for the golden values. To regenerate after a change that is meant to alter them, print
+# ``{k: ctx.metrics[k].value for k in GOLDEN_METRICS}`` from this test for each kind and paste them.
 GOLDEN_SCALE = {"baseline": {"iters": 20, "batch_size": 1, "warmup_iters": 1}}
 GOLDEN_METRICS = ("miou", "miou_absent_as_zero", "pixel_accuracy")
 GOLDEN = {
@@ -161,10 +163,14 @@ def test_evaluate_trial_of_a_constant_model_gives_the_hand_computed_miou(monkeyp
 
 @pytest.mark.parametrize("kind", ["lr", "hr"])
 def test_evaluate_trial_reproduces_its_golden_figures(tmp_path: Path, kind: str) -> None:
-    ctx = _context("baseline.evaluate", {"kind": kind, "arch": "tiny"}, tmp_path)
-    ctx.scale = dict(GOLDEN_SCALE)
-    get_trial("baseline.evaluate").fn(ctx)
-    assert {k: ctx.metrics[k].value for k in GOLDEN_METRICS} == pytest.approx(GOLDEN[kind], abs=1e-6)
+    figures = []
+    for run in ("first", "second"):  # the second trains its own model in a fresh artifacts directory
+        ctx = _context("baseline.evaluate", {"kind": kind, "arch": "tiny"}, tmp_path / run)
+        ctx.scale = dict(GOLDEN_SCALE)
+        get_trial("baseline.evaluate").fn(ctx)
+        figures.append({k: ctx.metrics[k].value for k in GOLDEN_METRICS})
+    assert figures[0] == figures[1]
+    assert figures[0] == pytest.approx(GOLDEN[kind], abs=1.0)
 
 
 @pytest.mark.parametrize("kind", ["lr", "hr"])

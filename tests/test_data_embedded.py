@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import UserError
+from harness.errors import Unavailable, UserError
 from methods.datasets import EMBEDDED_CLASSES, build_dataset, collate, dataset_identity, generate_scene, normalize
 from methods.datasets.embedded import EMBEDDED_THING_CLASSES, sample_seed
 from methods.datasets.stats import DownsampleLoss, downsample_roundtrip
@@ -145,6 +145,8 @@ def test_spec_errors_are_user_errors(tmp_path: Path) -> None:
         build_dataset(spec(tmp_path, height=4096), "train")
     with pytest.raises(UserError, match="'seed' must be >= 0"):
         build_dataset(spec(tmp_path, seed=-1), "train")
-    with pytest.raises(UserError, match="root"):
+    with pytest.raises(Unavailable, match="no root given"):  # a unit on absent data: unavailable, not an error
         build_dataset({"name": "cityscapes"}, "train")
+    with pytest.raises(UserError, match="missing"):  # a root given but wrong: the user's error
+        build_dataset({"name": "cityscapes", "root": str(tmp_path / "missing")}, "train")
     assert dataset_identity(spec(tmp_path))["generator"]

@@ -32,8 +32,9 @@ from harness.cluster import (
     submit_suite,
     wait_for,
 )
+from harness.results import MetricValue, ResultRow, Status, UnitIdentity
 from harness.runner import RunOptions
-from harness.store import MetricRow, Result, Sample, Store, UnitRecord, utcnow
+from harness.store import MetricRow, Result, Sample, Store, utcnow
 from harness.suite import load_suite
 
 pytest.importorskip("submitit")
@@ -93,17 +94,15 @@ def test_local_executor_stores_what_inline_stores(tmp_path: Path, capsys: pytest
     assert main(argv) == 1
     capsys.readouterr()
     inline, local = _rows(inline_db, "s"), _rows(local_db, "s")
-    assert len(local) == 5 and len({r["unit_key"] for r in local}) == 5  # one row per unit
-    assert {r["unit_key"]: (r["status"], r["metrics"].get("value", {}).get("value")) for r in local} == {
-        r["unit_key"]: (r["status"], r["metrics"].get("value", {}).get("value")) for r in inline
-    }
-    assert all(len(r["metrics"]["latency"]["samples"]) == 3 for r in local if r["status"] == "ok")
+    assert len(local) == 5 and len({r.key for r in local}) == 5  # one row per unit
+    assert {r.key: (r.status, r.value("value")) for r in local} == {r.key: (r.status, r.value("value")) for r in inline}
+    assert all(len(r.metrics["latency"].samples) == 3 for r in local if r.status == "ok")
     run = Store(local_db).runs("s")[-1]
     assert run.executor == "local" and run.status == "failed" and run.ended_at is not None
     job_ids = {job["job_id"] for job in run.jobs["jobs"]}
     assert len(job_ids) == 2 and sorted(len(job["units"]) for job in run.jobs["jobs"]) == [2, 3]
     for row in local:  # provenance of each unit: where it ran
-        assert row["notes"]["job_id"] in job_ids and row["notes"]["host"] and row["notes"]["gpu"] == "cpu"
+        assert row.notes["job_id"] in job_ids and row.notes["host"] and row.notes["gpu"] == "cpu"
     assert main(["status", str(run.id), "--db", local_db]) == 0
     status = " ".join(capsys.readouterr().out.split())
     assert "5 planned, 5 done (1 failed, 4 ok)" in status and "0 pending" in status
@@ -123,7 +122,7 @@ def test_sigkill_a_local_worker_then_rerun_runs_only_the_missing_units(tmp_path:
     while victim is None and time.monotonic() < deadline:
         runs = store.runs("s")
         jobs = runs[-1].jobs if runs else None
-        if jobs and jobs["jobs"][0]["job_id"] and store.count_results("s") >= 1:
+        if jobs and jobs["jobs"][0]["job_id"] and sum(store.results_per_run("s").values()) >= 1:
             mine = {key for key in jobs["jobs"][0]["units"]}
             if any(key in mine for _, key, _, _ in store.run_unit_statuses(runs[-1].id)):
                 tasks = _children(int(jobs["jobs"][0]["job_id"]))  # the controller's child runs the units
@@ -135,15 +134,15 @@ def test_sigkill_a_local_worker_then_rerun_runs_only_the_missing_units(tmp_path:
     assert driver.returncode == 1, out + err
     assert "missing" in out and "ended without a result" in " ".join(err.split())
     first = _rows(postgres_db, "s")
-    assert 1 <= len(first) < 6 and all(len(r["metrics"]) == 2 and r["status"] == "ok" for r in first)
+    assert 1 <= len(first) < 6 and all(len(r.metrics) == 2 and r.status == "ok" for r in first)
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     rows = _rows(postgres_db, "s")
-    keys = [r["unit_key"] for r in rows]
+    keys = [r.key for r in rows]
     assert len(keys) == 6 and len(set(keys)) == 6  # no duplicate
-    assert all(r["status"] == "ok" and len(r["metrics"]) == 2 and r["metrics"]["latency"]["samples"] for r in rows)
+    assert all(r.status == "ok" and len(r.metrics) == 2 and r.metrics["latency"].samples for r in rows)
     second_run = store.runs("s")[-1].id
-    assert {r["unit_key"] for r in rows if r["run_id"] == second_run} == set(keys) - {r["unit_key"] for r in first}
+    assert {r.key for r in rows if r.run_id == second_run} == set(keys) - {r.key for r in first}
 
 
 def test_two_drivers_on_one_postgres_database(tmp_path: Path, postgres_db: str) -> None:
@@ -163,7 +162,7 @@ def test_two_drivers_on_one_postgres_database(tmp_path: Path, postgres_db: str) 
     store = Store(postgres_db)
     for name in ("a", "b"):
         rows = _rows(postgres_db, name)
-        assert len(rows) == 4 and len({r["unit_key"] for r in rows}) == 4 and all(r["status"] == "ok" for r in rows)
+        assert len(rows) == 4 and len({r.key for r in rows}) == 4 and all(r.status == "ok" for r in rows)
         assert store.runs(name)[-1].status == "ok"
     password = make_url(postgres_db).password
     assert password and password not in "".join(o + e for o, e in outputs)
@@ -187,8 +186,10 @@ def _planned_run(store: Store, path: Path) -> tuple[int, list[str]]:
     import methods
 
     methods.discover()  # what run_job does first, done here so that its clock starts at the units
-    keys = [u.key for u in load_suite(path).units("default")]
+    units = load_suite(path).units("default")
+    keys = [u.key for u in units]
     run_id = store.start_run(suite="s")
+    store.set_run_units(run_id, [u.listing() for u in units])  # as a run records what it planned
     store.set_run_jobs(run_id, "local", {"jobs": [{"job_id": "", "worker": 0, "units": keys}]})
     return run_id, keys
 
@@ -202,8 +203,8 @@ def test_a_unit_past_the_jobs_time_limit_ends_timeout(tmp_path: Path) -> None:
     report = run_job(_spec(run_id, url, path, keys, job_time_s=4.0, signal_delay_s=1.0))
     assert time.monotonic() - started < 20
     rows = store.results(run_id=run_id, latest_per_unit=False)
-    assert [r["status"] for r in rows] == ["timeout"] and "job's time limit" in rows[0]["error"]
-    assert rows[0]["notes"]["gpu"] == "cpu" and "job_id" in rows[0]["notes"] and rows[0]["notes"]["host"]
+    assert [r.status for r in rows] == ["timeout"] and "job's time limit" in rows[0].error
+    assert rows[0].notes["gpu"] == "cpu" and "job_id" in rows[0].notes and rows[0].notes["host"]
     assert report["units"][keys[0]][0] == "timeout" and keys[1] not in report["units"]
     assert report["stopped"] == "the job reached its time limit"
 
@@ -222,7 +223,7 @@ def test_the_schedulers_signal_ends_the_unit_in_flight_as_timeout(tmp_path: Path
         timer.cancel()
         signal.signal(signal.SIGUSR2, previous)
     rows = store.results(run_id=run_id, latest_per_unit=False)
-    assert [r["status"] for r in rows] == ["timeout"] and "SIGUSR2" in rows[0]["error"]
+    assert [r.status for r in rows] == ["timeout"] and "SIGUSR2" in rows[0].error
     assert report["stopped"] == "the job reached its time limit" and keys[1] not in report["units"]
 
 
@@ -233,7 +234,7 @@ def test_a_preempted_local_job_is_requeued_and_reruns_its_unit_in_flight(tmp_pat
     cluster = ClusterOptions(executor="local", workers=1, folder=tmp_path / "jobs")
     sub = submit_suite(load_suite(path), store, RunOptions(show_progress=False), cluster, QUIET)
     deadline = time.monotonic() + 120
-    while store.count_results("s") < 1 and time.monotonic() < deadline:
+    while sum(store.results_per_run("s").values()) < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     task = _children(int(sub.job_ids[0]))[0]
     signalled = utcnow()
@@ -241,12 +242,12 @@ def test_a_preempted_local_job_is_requeued_and_reruns_its_unit_in_flight(tmp_pat
     summary = wait_for(sub, store, QUIET, show_progress=False, poll_s=0.2)
     assert [o.status for o in summary.outcomes] == ["ok", "ok", "ok"]
     rows = store.results(run_id=sub.run_id, latest_per_unit=False)
-    assert len(rows) == 3 and len({r["unit_key"] for r in rows}) == 3
-    assert sum(1 for r in rows if r["status"] == "ok") == 3
+    assert len(rows) == 3 and len({r.key for r in rows}) == 3
+    assert sum(1 for r in rows if r.status == "ok") == 3
     log = "".join(p.read_text() for p in (tmp_path / "jobs").rglob("*_log.*"))
     assert "Requeued job" in log  # submitit requeued the job; it resumed with what was not stored
     assert Store(url).get_run(sub.run_id).status == "ok"  # type: ignore[union-attr]
-    assert any(r["notes"]["job_id"] == sub.job_ids[0] for r in rows) and signalled
+    assert any(r.notes["job_id"] == sub.job_ids[0] for r in rows) and signalled
 
 
 def test_detach_returns_the_job_ids_and_the_workers_close_the_run(
@@ -275,7 +276,8 @@ KILL_MID_WRITE = textwrap.dedent(
     import os, signal, sys
     from datetime import datetime
     from sqlalchemy import event, func, select
-    from harness.store import Result, Sample, Store, UnitRecord
+    from harness.results import MetricValue, ResultRow, Status, UnitIdentity
+    from harness.store import Result, Sample, Store
 
     store = Store(sys.argv[1])
     run_id = store.start_run(suite="k")
@@ -286,8 +288,9 @@ KILL_MID_WRITE = textwrap.dedent(
 
     event.listen(Sample, "before_insert", die)
     now = datetime(2024, 1, 1)
-    store.add_result(run_id, UnitRecord("k1", "k", "t", "1", "", "", {}, "fp32", 1, "cpu", {}, "default", {}, "ok",
-                                        "", {}, now, now, [("latency", 1.0, "ms", "lower", (1.0, 2.0, 3.0))]))
+    latency = MetricValue("latency", 1.0, "ms", "lower", (1.0, 2.0, 3.0))
+    store.add_result(run_id, ResultRow("k1", "k", UnitIdentity("t"), Status.OK, started_at=now, ended_at=now,
+                                       metrics={"latency": latency}))
     print("not killed", flush=True)
     """
 )
@@ -306,28 +309,16 @@ def test_a_process_killed_mid_write_leaves_no_half_written_unit(tmp_path: Path, 
     assert counts == [0, 0, 0]
 
 
-def _record(key: str = "k1") -> UnitRecord:
+def _record(key: str = "k1") -> ResultRow:
     now = utcnow()
-    return UnitRecord(
-        key,
-        "k",
-        "t",
-        "1",
-        "",
-        "",
-        {},
-        "fp32",
-        1,
-        "cpu",
-        {},
-        "default",
-        {},
-        "ok",
-        "",
-        {},
-        now,
-        now,
-        [("value", 1.0, "", "higher", ())],
+    return ResultRow(
+        key=key,
+        suite="k",
+        identity=UnitIdentity("t"),
+        status=Status.OK,
+        started_at=now,
+        ended_at=now,
+        metrics={"value": MetricValue("value", 1.0, "", "higher")},
     )
 
 
@@ -339,7 +330,7 @@ def test_add_result_retries_a_lost_connection_with_backoff(any_db_url: str, monk
     real = store._add_result_once
     calls = {"n": 0}
 
-    def flaky(run: int, rec: UnitRecord) -> int:
+    def flaky(run: int, rec: ResultRow) -> int:
         calls["n"] += 1
         if calls["n"] <= 2:
             raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
@@ -350,17 +341,17 @@ def test_add_result_retries_a_lost_connection_with_backoff(any_db_url: str, monk
 
     monkeypatch.setattr(store, "_add_result_once", flaky)
     store.add_result(run_id, _record())
-    assert slept == [0.5, 1.0, 2.0] and store.count_results("k") == 1
+    assert slept == [0.5, 1.0, 2.0] and sum(store.results_per_run("k").values()) == 1
     slept.clear()
 
-    def down(run: int, rec: UnitRecord) -> int:
+    def down(run: int, rec: ResultRow) -> int:
         raise OperationalError("INSERT", {}, Exception("could not connect to server"))
 
     monkeypatch.setattr(store, "_add_result_once", down)
     with pytest.raises(OperationalError, match="could not connect"):
         store.add_result(run_id, _record("k2"))
     assert slept == [0.5, 1.0, 2.0, 4.0]  # 5 tries, exponential back-off
-    assert store.count_results("k") == 1
+    assert sum(store.results_per_run("k").values()) == 1
 
 
 def test_a_worker_reports_a_unit_it_could_not_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -370,7 +361,7 @@ def test_a_worker_reports_a_unit_it_could_not_store(tmp_path: Path, monkeypatch:
     run_id, keys = _planned_run(store, path)
     monkeypatch.setattr(store_module, "RETRY_DELAYS_S", (0.0, 0.0, 0.0, 0.0))
 
-    def down(self: Store, run: int, rec: UnitRecord) -> int:
+    def down(self: Store, run: int, rec: ResultRow) -> int:
         raise OperationalError("INSERT", {}, Exception("could not connect to server: Connection refused"))
 
     monkeypatch.setattr(Store, "_add_result_once", down)
@@ -394,21 +385,25 @@ def test_a_connection_the_server_dropped_is_replaced(postgres_db: str) -> None:
     admin.dispose()
     assert ended >= 1
     store.add_result(run_id, _record("k2"))
-    assert store.count_results("k") == 2
+    assert sum(store.results_per_run("k").values()) == 2
 
 
-def test_schema_2_upgrades_to_3_and_keeps_old_runs(any_db_url: str) -> None:
+def test_schema_2_upgrades_to_current_and_keeps_old_runs(any_db_url: str) -> None:
     store = Store(any_db_url)
     old = store.start_run(suite="old")
+    store.add_result(old, _record("k0"))
     engine = create_engine(any_db_url)
     with engine.begin() as conn:  # make it a version-2 database
-        conn.execute(text("ALTER TABLE runs DROP COLUMN executor"))
-        conn.execute(text("ALTER TABLE runs DROP COLUMN jobs"))
+        for column in ("executor", "jobs", "overrides", "units"):
+            conn.execute(text(f"ALTER TABLE runs DROP COLUMN {column}"))
+        for column in ("baselines", "timing", "seed", "seed_index"):
+            conn.execute(text(f"ALTER TABLE results DROP COLUMN {column}"))
         conn.execute(text("UPDATE meta SET value = '2' WHERE key = 'schema_version'"))
     engine.dispose()
     with pytest.raises(Exception, match="harness db upgrade"):
         Store(any_db_url)
-    assert Store(any_db_url, check_version=False).upgrade() == [3]
+    assert Store(any_db_url, check_version=False).upgrade() == [3, 4, 5]
+    assert [r.key for r in Store(any_db_url).results(run_id=old)] == ["k0"]
     upgraded = Store(any_db_url)
     run = upgraded.get_run(old)
     assert run is not None and run.executor == "inline" and not run.jobs

@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import engine_trials  # noqa: F401
@@ -15,7 +16,8 @@ from sqlalchemy import create_engine, text
 
 from harness.ab import ABResult
 from harness.cli import main
-from harness.gate import ABOutcome, Verdict, compare, compare_ab, identity, load_baseline, render
+from harness.gate import ABOutcome, Verdict, compare, compare_ab, load_baseline, render
+from harness.results import UnitIdentity
 from harness.suite import GateSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,7 +284,8 @@ def test_ab_gate_says_so_when_the_commit_is_unreachable(ab_repo: Path, tmp_path:
 
 
 def test_identity_ignores_parameters_of_labelled_units() -> None:
-    row = {"trial": "t", "section": "", "label": "x", "params": {"a": 1}, "precision": "fp32", "batch_size": 1,
-           "device": "cpu"}  # fmt: skip
-    assert identity(row) == identity({**row, "params": {"a": 2}})
-    assert identity({**row, "label": ""}) != identity({**row, "label": "", "params": {"a": 2}})
+    labelled = UnitIdentity("t", label="x", params={"a": 1})
+    assert labelled.gate_id == replace(labelled, params={"a": 2}).gate_id
+    assert labelled.key != replace(labelled, params={"a": 2}).key  # a unit key still tells them apart
+    bare = replace(labelled, label="")
+    assert bare.gate_id != replace(bare, params={"a": 2}).gate_id

@@ -60,11 +60,11 @@ def test_every_way_a_unit_ends_is_a_status(tmp_path: Path, any_db_url: str) -> N
     assert "backend xyz" in by_case[("unavailable", "cpu")].error
     assert by_case[("partial", "cpu")].error == "metric latency was not recorded"
     assert summary.has_failures
-    rows = {(r["params"]["behaviour"], r["device"]): r for r in store.results(suite="s")}
-    assert rows[("raise", "cpu")]["status"] == "failed" and "traceback" in rows[("raise", "cpu")]["notes"]
+    rows = {(r.params["behaviour"], r.device): r for r in store.results(suite="s")}
+    assert rows[("raise", "cpu")].status == "failed" and "traceback" in rows[("raise", "cpu")].notes
     ok = store.results(suite="s", with_samples=True)
-    ok_row = next(r for r in ok if r["status"] == "ok" and r["device"] == "cpu")
-    assert len(ok_row["metrics"]["latency"]["samples"]) == 3
+    ok_row = next(r for r in ok if r.status == "ok" and r.device == "cpu")
+    assert len(ok_row.metrics["latency"].samples) == 3
     assert store.runs("s")[-1].status == "failed" and store.runs("s")[-1].ended_at is not None
 
 
@@ -73,15 +73,15 @@ def test_second_run_skips_everything_and_force_reruns(tmp_path: Path, any_db_url
     path = suite_file(tmp_path, body)
     assert main(["run", str(path), "--db", any_db_url, "--no-progress"]) == 0
     store = Store(any_db_url)
-    assert store.count_results("s") == 6
+    assert sum(store.results_per_run("s").values()) == 6
     assert main(["run", str(path), "--db", any_db_url, "--no-progress"]) == 0
-    assert store.count_results("s") == 6
+    assert sum(store.results_per_run("s").values()) == 6
     suite = load_suite(path)
     summary = run_suite(suite, store, RunOptions(show_progress=False))
     assert {o.status for o in summary.outcomes} == {"skipped"}
     summary = run_suite(suite, store, RunOptions(force=True, only="index=2", show_progress=False))
     assert len(summary.outcomes) == 2 and {o.status for o in summary.outcomes} == {"ok"}
-    assert store.count_results("s") == 8
+    assert sum(store.results_per_run("s").values()) == 8
 
 
 def test_fail_fast_stops(tmp_path: Path, any_db_url: str) -> None:
@@ -102,19 +102,19 @@ def test_kill_9_then_rerun_completes_with_one_row_per_unit(tmp_path: Path, any_d
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     store = Store(any_db_url)
     deadline = time.monotonic() + 60
-    while store.count_results("s") < 3 and time.monotonic() < deadline:
+    while sum(store.results_per_run("s").values()) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = store.count_results("s")
+    done = sum(store.results_per_run("s").values())
     assert 3 <= done < 8
     assert (
         subprocess.run(_cli("run", str(path), "--db", any_db_url, "--no-progress"), capture_output=True).returncode == 0
     )
     rows = store.results(suite="s", latest_per_unit=False)
-    keys = [r["unit_key"] for r in rows]
-    assert len(keys) == 8 and len(set(keys)) == 8 and all(r["status"] == "ok" for r in rows)
-    assert all(len(r["metrics"]) == 2 for r in rows)  # no half-written unit
+    keys = [r.key for r in rows]
+    assert len(keys) == 8 and len(set(keys)) == 8 and all(r.status == "ok" for r in rows)
+    assert all(len(r.metrics) == 2 for r in rows)  # no half-written unit
 
 
 def test_a_unit_stored_by_another_suite_is_not_skipped(tmp_path: Path, db_url: str) -> None:
@@ -125,7 +125,9 @@ def test_a_unit_stored_by_another_suite_is_not_skipped(tmp_path: Path, db_url: s
             subprocess.run(_cli("run", str(path), "--db", db_url, "--no-progress"), capture_output=True).returncode == 0
         )
     store = Store(db_url)
-    assert store.count_results("a") == 2 and store.count_results("b") == 2  # b ran its own, once
+    assert (
+        sum(store.results_per_run("a").values()) == 2 and sum(store.results_per_run("b").values()) == 2
+    )  # b ran its own, once
 
 
 def test_two_concurrent_runs_share_one_db(tmp_path: Path, any_db_url: str) -> None:
@@ -137,7 +139,7 @@ def test_two_concurrent_runs_share_one_db(tmp_path: Path, any_db_url: str) -> No
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     store = Store(any_db_url)
-    assert store.count_results("a") == 6 and store.count_results("b") == 6
+    assert sum(store.results_per_run("a").values()) == 6 and sum(store.results_per_run("b").values()) == 6
 
 
 def test_schema_version_mismatch_is_a_clear_error(any_db_url: str) -> None:

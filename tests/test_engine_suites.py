@@ -128,7 +128,7 @@ def test_malformed_suite_is_one_line_exit_2_and_db_untouched(
     path.write_text(text)
     db = tmp_path / "results.db"
     store = Store(f"sqlite:///{db}")
-    before = store.count_results()
+    before = sum(store.results_per_run().values())
     runs_before = len(store.runs())
     code = main(["run", str(path), "--db", f"sqlite:///{db}", "--no-progress"])
     captured = capsys.readouterr()
@@ -137,7 +137,7 @@ def test_malformed_suite_is_one_line_exit_2_and_db_untouched(
     assert len(lines) == 1, captured.err
     assert str(path) in lines[0] and expected in lines[0], lines[0]
     assert "Traceback" not in captured.err + captured.out
-    assert store.count_results() == before and len(store.runs()) == runs_before
+    assert sum(store.results_per_run().values()) == before and len(store.runs()) == runs_before
 
 
 def test_error_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from harness import timing
-from harness.errors import Unavailable
-from harness.timing import Measurement, TimingConfig, fold_batchnorm, measure
+from harness import devices
+from harness.devices import Placement, check_device, fold_batchnorm, parse_device
+from harness.errors import Unavailable, UserError
+from harness.timing import Measurement, TimingConfig, measure
 
 
 def fake_clock(durations: list[float]):
@@ -61,8 +64,29 @@ def test_timing_config_validation() -> None:
 def test_cuda_is_unavailable_without_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(Unavailable, match="cuda"):
-        measure(lambda: None, TimingConfig(warmup=0, iters=1), device="cuda")
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(Unavailable, match=f"^{device}: .*CUDA"):
+            measure(lambda: None, TimingConfig(warmup=0, iters=1), device=device)
+        with pytest.raises(Unavailable, match="CUDA"):
+            Placement.of(device, "bf16")
+
+
+def test_device_spellings() -> None:
+    assert [parse_device(d) for d in ("cpu", "cuda", "cuda:0", "cuda:12", " cuda:1 ")] == [
+        "cpu", "cuda", "cuda:0", "cuda:12", "cuda:1"
+    ]  # fmt: skip
+    for bad in ("gpu", "cuda:x", "cuda:", "cuda:-1", "cpu:0", "CUDA", "", 0, None):
+        with pytest.raises(ValueError, match="unknown device .*known: cpu, cuda, cuda:N"):
+            parse_device(bad)  # type: ignore[arg-type]
+    assert check_device("cpu") == torch.device("cpu")
+
+
+def test_a_gpu_index_beyond_the_machine_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(Unavailable, match=r"cuda:2: this machine has 2 CUDA device\(s\)"):
+        check_device("cuda:2")
 
 
 def test_fold_batchnorm_is_exact() -> None:
@@ -80,16 +104,66 @@ def test_fold_batchnorm_is_exact() -> None:
     torch.testing.assert_close(folded(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_prepare_for_latency_bf16_channels_last() -> None:
-    model = timing.prepare_for_latency(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)),
-                                       precision="bf16", device="cpu")  # fmt: skip
-    x = timing.prepare_input(torch.randn(1, 3, 8, 8), precision="bf16", device="cpu")
+def test_placement_bf16_channels_last() -> None:
+    where = Placement.of("cpu", "bf16")
+    model = where.model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x, index = where.inputs((torch.randn(1, 3, 8, 8), torch.arange(3)))
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    assert index.dtype == torch.int64  # only floating-point inputs take the precision
     assert model(x).dtype == torch.bfloat16
 
 
+def test_autocast_placement_keeps_fp32_weights_and_runs_in_the_precision() -> None:
+    where = Placement.of("cpu", "bf16", autocast=True)
+    model = where.model(nn.Sequential(nn.Conv2d(3, 4, 3)))
+    x = where.tensor(torch.randn(1, 3, 8, 8))
+    assert model[0].weight.dtype == torch.float32 and x.dtype == torch.float32
+    with where.running():
+        assert model(x).dtype == torch.bfloat16
+    with Placement.of("cpu", "bf16").running():  # cast, not autocast: nothing to switch on
+        assert model(x).dtype == torch.float32
+
+
 def test_error_classification() -> None:
-    assert timing.is_oom(torch.OutOfMemoryError("CUDA out of memory"))
-    assert timing.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"))
-    assert timing.is_unsupported_dtype(RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'"))
-    assert not timing.is_oom(ValueError("x"))
+    assert devices.is_oom(torch.OutOfMemoryError("CUDA out of memory"))
+    assert devices.is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate"))
+    assert devices.is_unsupported_dtype(RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'"))
+    assert not devices.is_oom(ValueError("x"))
+
+
+DEVICE_SUITE = """\
+name: devices
+timing: {warmup: 0, iters: 1}
+matrix: {device: [cpu, cuda, "cuda:1"]}
+benchmarks:
+  - trial: micro.conv2d
+    params: {channels: 4, height: 8, width: 8}
+"""
+
+
+def test_cuda_units_end_unavailable_naming_cuda(tmp_path: Path) -> None:
+    if torch.cuda.device_count() > 1:
+        pytest.skip("this machine has two GPUs")
+    from harness.cli import main
+    from harness.results import results_frame
+
+    suite = tmp_path / "devices.yaml"
+    suite.write_text(DEVICE_SUITE)
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    main(["run", str(suite), "--db", db, "--artifacts", str(tmp_path / "art"), "--no-progress"])
+    frame = results_frame(db, "devices").set_index("device")
+    assert frame.loc["cpu", "status"] == "ok"
+    ended = frame.loc[["cuda", "cuda:1"]] if not torch.cuda.is_available() else frame.loc[["cuda:1"]]
+    assert (ended["status"] == "unavailable").all()
+    assert ended["error"].str.contains("CUDA").all()
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"])
+def test_a_bad_device_is_a_user_error_naming_it(tmp_path: Path, device: str) -> None:
+    from harness.suite import load_suite
+
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(DEVICE_SUITE.replace('"cuda:1"', f'"{device}"'))
+    with pytest.raises(UserError, match=f"device.*unknown device '{device}'"):
+        load_suite(suite)

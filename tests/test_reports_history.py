@@ -15,7 +15,8 @@ import yaml
 from harness.cli import main
 from harness.errors import UserError
 from harness.reports.history import build_history_report, collect_history, gated_kind
-from harness.store import Store, UnitRecord
+from harness.results import MetricValue, ResultRow, Status, UnitIdentity
+from harness.store import Store
 from harness.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +42,21 @@ def _trials() -> None:
     methods.discover()
 
 
-def _record(trial: str, label: str, params: dict[str, Any], metrics: list[tuple], status: str = "ok") -> UnitRecord:
-    return UnitRecord(
-        unit_key=f"{trial}-{label}", suite="ci", trial=trial, trial_version="1", label=label, section="",
-        params=params, precision="fp32", batch_size=1, device="cpu", dataset={}, scale="smoke", scale_settings={},
-        status=status, error="" if status == "ok" else "RuntimeError: boom", notes={}, started_at=T0,
-        ended_at=T0 + timedelta(seconds=2), metrics=metrics if status == "ok" else [],
+def _record(
+    trial: str,
+    label: str,
+    params: dict[str, Any],
+    metrics: list[MetricValue],
+    status: str = "ok",
+    *,
+    key: str = "",
+    section: str = "",
+) -> ResultRow:
+    return ResultRow(
+        key=key or f"{trial}-{label}", suite="ci", identity=UnitIdentity(trial, label=label, section=section,
+        params=params), status=Status(status), error="" if status == "ok" else "RuntimeError: boom",
+        scale_name="smoke", started_at=T0, ended_at=T0 + timedelta(seconds=2),
+        metrics={m.name: m for m in metrics} if status == "ok" else {},
     )  # fmt: skip
 
 
@@ -58,17 +68,18 @@ def _store_run(store: Store, i: int, *, miou: float, selector_ms: float, magnitu
     run = store.start_run(suite="ci", scale="smoke", git_sha=f"{i}abcdef0123456789", host="ci-host", threads=1,
                           started_at=T0 + timedelta(days=i))  # fmt: skip
     add = store.add_result
-    add(run, _record("micro.conv2d", "reference", {}, [("latency", 2.0, "ms", "lower", _samples(2.0)),
-                                                       ("gmacs", 0.1, "G", "none", ())]))  # fmt: skip
+    m = MetricValue
+    add(run, _record("micro.conv2d", "reference", {}, [m("latency", 2.0, "ms", "lower", _samples(2.0)),
+                                                       m("gmacs", 0.1, "G", "none")]))  # fmt: skip
     add(run, _record("baseline.evaluate", "lr", {"kind": "lr"}, [
-        ("miou", miou, "%", "higher", ()), ("pixel_accuracy", 90.0, "%", "higher", ()),
-        ("train_seconds", 3.0 + i, "s", "none", ())]))  # fmt: skip
+        m("miou", miou, "%", "higher"), m("pixel_accuracy", 90.0, "%", "higher"),
+        m("train_seconds", 3.0 + i, "s", "none")]))  # fmt: skip
     add(run, _record("sparserefine.selector", "entropy", {"selector": "entropy"}, [
-        ("recall", 80.0 + i, "%", "higher", ()), ("density", 12.0, "%", "none", ()),
-        ("latency", selector_ms, "ms", "lower", _samples(selector_ms)),
-        ("latency_per_site_us", 0.5, "us", "lower", ())]))  # fmt: skip
+        m("recall", 80.0 + i, "%", "higher"), m("density", 12.0, "%", "none"),
+        m("latency", selector_ms, "ms", "lower", _samples(selector_ms)),
+        m("latency_per_site_us", 0.5, "us", "lower")]))  # fmt: skip
     add(run, _record("sparserefine.selector", "magnitude", {"selector": "magnitude"},
-                     [("recall", 40.0, "%", "higher", ())], status="ok" if magnitude_ok else "failed"))  # fmt: skip
+                     [m("recall", 40.0, "%", "higher")], status="ok" if magnitude_ok else "failed"))  # fmt: skip
     store.end_run(run, "ok")
     return run
 
@@ -85,10 +96,10 @@ def three_runs(tmp_path: Path) -> tuple[Store, Path]:
 
 
 def test_gated_kind_follows_the_gate() -> None:
-    assert gated_kind({"unit": "ms", "better": "lower", "samples": [1.0, 2.0]}) == "timed"
-    assert gated_kind({"unit": "us", "better": "lower", "samples": []}) is None  # derived time: informational
-    assert gated_kind({"unit": "%", "better": "higher"}) == "value"
-    assert gated_kind({"unit": "%", "better": "none"}) is None
+    assert gated_kind(MetricValue("t", 1.0, "ms", "lower", (1.0, 2.0))) == "timed"
+    assert gated_kind(MetricValue("t", 1.0, "us", "lower")) is None  # derived time: informational
+    assert gated_kind(MetricValue("a", 1.0, "%", "higher")) == "value"
+    assert gated_kind(MetricValue("a", 1.0, "%", "none")) is None
 
 
 def test_three_runs_give_three_points_per_gated_metric(three_runs) -> None:
@@ -141,12 +152,12 @@ def test_history_cli(three_runs, tmp_path: Path, capsys: pytest.CaptureFixture[s
         build_history_report(empty, suite, tmp_path)
 
 
-def _fake_metrics(unit: Any, shift: float) -> list[tuple]:
+def _fake_metrics(unit: Any, shift: float) -> list[MetricValue]:
     out = []
     for m in unit.trial.metrics:
         base = 1.0 + zlib.crc32(f"{unit.key}{m.name}".encode()) % 1000 / 10.0
         samples = _samples(base * (1 + shift)) if m.unit == "ms" else ()
-        out.append((m.name, base + (shift if m.unit != "ms" else 0.0), m.unit, m.better, samples))
+        out.append(MetricValue(m.name, base + (shift if m.unit != "ms" else 0.0), m.unit, m.better, samples))
     return out
 
 
@@ -157,15 +168,15 @@ def test_history_of_the_real_ci_suite_after_three_runs(tmp_path: Path) -> None:
     for i, shift in enumerate((0.0, 0.05, 0.5)):
         run = store.start_run(suite="ci", scale="smoke", git_sha=f"{i}{'0' * 39}", started_at=T0 + timedelta(days=i))
         for unit in ci.units("smoke"):
-            rec = _record(unit.trial.name, unit.label, unit.params, _fake_metrics(unit, shift))
-            rec.unit_key, rec.section = unit.key, unit.section
+            metrics = _fake_metrics(unit, shift)
+            rec = _record(unit.trial.name, unit.label, unit.params, metrics, key=unit.key, section=unit.section)
             store.add_result(run, rec)
         store.end_run(run, "ok")
     out = tmp_path / "reports"
     assert main(["report", str(ROOT / "suites" / "ci.yaml"), "--history", "--db", store.url, "--out", str(out)]) == 0
     page = (out / "ci-history.html").read_text()
     charts = re.findall(r'<div class="chart".*?</svg>', page, flags=re.S)
-    declared = [{"unit": m.unit, "better": m.better, "samples": [1.0] if m.unit == "ms" else []}
+    declared = [MetricValue(m.name, 0.0, m.unit, m.better, (1.0,) if m.unit == "ms" else ())
                 for u in ci.units("smoke") for m in u.trial.metrics]  # fmt: skip
     gated = sum(1 for m in declared if gated_kind(m))
     assert len(charts) == gated > 10

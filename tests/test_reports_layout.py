@@ -12,6 +12,7 @@ from harness.errors import UserError
 from harness.reports.layout import parse_layout
 from harness.reports.reference import load_reference
 from harness.reports.tables import build_table
+from harness.results import MetricValue, ResultRow, Status, UnitIdentity
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 
@@ -120,20 +121,14 @@ def test_paper_side_of_speedup_and_gap_closed_comes_from_the_reference_rows() ->
     }
     spec = parse_layout(raw, "suites/t1.yaml").tables[0]
     results = [
-        {
-            "id": i,
-            "trial": "t",
-            "section": "",
-            "label": "",
-            "params": {"kind": kind},
-            "precision": "fp32",
-            "batch_size": 1,
-            "device": "cpu",
-            "dataset": {},
-            "status": "ok",
-            "error": "",
-            "metrics": {"latency": {"value": lat, "unit": "ms"}, "miou": {"value": miou, "unit": "%"}},
-        }
+        ResultRow(
+            key=kind,
+            suite="t1",
+            identity=UnitIdentity("t", params={"kind": kind}),
+            status=Status.OK,
+            metrics={"latency": MetricValue("latency", lat, "ms"), "miou": MetricValue("miou", miou, "%")},
+            id=i,
+        )
         for i, (kind, lat, miou) in enumerate((("hr", 40.0, 60.0), ("lr", 10.0, 50.0), ("sr", 20.0, 55.0)))
     ]
     table = build_table(spec, results, "sparserefine")

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from harness.registry import Metric, Param, TrialSpec
 from harness.reports.layout import FigureSpec, Match, ReportLayout, TableSpec, parse_layout
+from harness.results import UnitIdentity
 from harness.suite import Unit, load_suite
+from harness.timing import TimingConfig
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 FIELDS = ("precision", "batch_size", "device", "label", "section", "trial")
@@ -38,19 +39,6 @@ def _class_names() -> set[str]:
     return {c.replace(" ", "_") for c in (*EMBEDDED_CLASSES, *CITYSCAPES_CLASSES, *ADE20K_CLASSES, *VOC_CLASSES)}
 
 
-def _as_result(unit: Unit) -> dict[str, Any]:
-    return {
-        "trial": unit.trial.name,
-        "section": unit.section,
-        "label": unit.label,
-        "params": unit.params,
-        "precision": unit.precision,
-        "batch_size": unit.batch_size,
-        "device": unit.device,
-        "dataset": unit.dataset,
-    }
-
-
 def declared(trial: TrialSpec, name: str, classes: set[str]) -> bool:
     """``name`` is a metric ``trial`` declares (a family's member only with a known class name), or
     one of its parameters."""
@@ -67,7 +55,7 @@ def knows(trials: list[TrialSpec], name: str, classes: set[str]) -> bool:
 
 def problems(layout: ReportLayout, units: list[Unit], classes: set[str]) -> list[str]:
     """What in ``layout`` selects no unit of ``units`` or reads a name their trials do not declare."""
-    results = [(_as_result(u), u.trial) for u in units]
+    results = [(u.identity, u.trial) for u in units]
 
     def trials_of(match: Match) -> list[TrialSpec]:
         found: dict[str, TrialSpec] = {}
@@ -153,8 +141,7 @@ def test_every_layout_cell_reads_a_metric_its_suite_declares(path: Path) -> None
     _discover()
     suite = load_suite(path)
     units = [u for scale in suite.scales for u in suite.units(scale)]
-    layout = parse_layout(suite.raw, str(path))
-    found = problems(layout, units, _class_names())
+    found = problems(suite.layout, units, _class_names())
     assert not found, f"{path.name}:\n" + "\n".join(found)
 
 
@@ -182,8 +169,8 @@ def test_the_walk_catches_typos_and_accepts_declared_families() -> None:
         axes=("precision",),
         version="1",
     )
-    unit = Unit("s", trial, {"kind": "lr"}, "fp32", 1, "cpu", "", "acc", "smoke", {}, {}, None, 0, "k")  # type: ignore[arg-type]
-    hr = dataclasses.replace(unit, params={"kind": "hr"}, key="k2")
+    unit = Unit("s", trial, UnitIdentity("t.eval", section="acc", params={"kind": "lr"}), "smoke", TimingConfig())
+    hr = dataclasses.replace(unit, identity=dataclasses.replace(unit.identity, params={"kind": "hr"}), key="")
     raw = {
         "tables": [
             {

@@ -127,7 +127,7 @@ def test_every_value_carries_table_row_column_unit_and_context() -> None:
             "Supp Table 3",
             "Supp Table 4",
         },
-        "qgn": {"Table 1", "Table 2", "Table 5", "Table 6"},
+        "qgn": {"Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Table 6"},
         "hfgd": {"Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Table 8"},
         "essnet": {"Supp Table 1"},
     }
@@ -145,6 +145,33 @@ def test_every_value_carries_table_row_column_unit_and_context() -> None:
     assert latency.value == 14.5 and latency.unit == "ms"
     assert latency.context["precision"] == "fp16" and latency.context["batch_size"] == 4
     assert latency.context["gpu"] == "NVIDIA RTX 3090" and latency.context["input"] == "512x1024 (D)"
+
+
+def test_qgn_tables_3_and_4_are_the_papers() -> None:
+    """Values read off /work/shared/papers/qgn.txt (Table 3: SUN-RGBD-13/37 by propagation scheme;
+    Table 4: ADE20k, CCNet's accuracy is not given)."""
+    qgn = load_reference("qgn")
+    t3 = qgn.table("Table 3")
+    assert [t3.cell("SUN-RGBD-13, train All", c).value for c in ("all_acc", "all_miou", "pc_miou")] == [
+        85.32,
+        62.70,
+        56.65,
+    ]
+    assert t3.cell("SUN-RGBD-13, train GTC", "gtc_miou").value == 64.57
+    assert t3.cell("SUN-RGBD-37, train All", "all_miou").value == 44.11
+    assert [t3.cell("SUN-RGBD-37, train GTC", c).value for c in ("all_acc", "gtc_acc", "pc_miou")] == [
+        65.24,
+        82.36,
+        41.10,
+    ]
+    t4 = qgn.table("Table 4")
+    assert (
+        t4.cell("PSPNet ResNet-101 QGN", "miou").value == 43.91
+        and t4.cell("PSPNet ResNet-50 QGN", "acc").value == 80.43
+    )
+    ccnet = t4.cell("CCNet ResNet-101 Dilation", "acc")
+    assert ccnet is not None and ccnet.value is None and ccnet.text == "-"
+    assert t4.cell("CCNet ResNet-101 Dilation", "miou").value == 45.22
 
 
 def test_every_transcribed_number_occurs_in_its_source_text() -> None:

@@ -27,6 +27,7 @@ from harness.errors import UserError
 from harness.redact import mask_command, mask_secrets, mask_url
 from harness.registry import Metric, Param, trial
 from harness.reports import FORMATS
+from harness.results import MetricValue, ResultRow, Status, UnitIdentity
 from harness.runner import RunOptions, run_suite
 from harness.store import SCHEMA_VERSION, Store
 from harness.suite import load_suite
@@ -211,9 +212,9 @@ def test_password_in_the_command_reaches_no_database_report_or_output(
     masked = "--db postgresql+psycopg2://user:***@db.example:5432/results --db=mysql://other:***@h/d"
     assert store.runs("sec")[-1].command == f"harness run suites/s.yaml {masked} HARNESS_DB=postgresql://third:***@h/d"
     assert masked in texts["sec.md"] and "user:***@db.example" in texts["sec.tex"]
-    failed = next(r for r in store.results(suite="sec") if r["status"] == "failed")
-    assert failed["error"] == "RuntimeError: cannot fetch https://user:***@weights.example/model.pth: 401"
-    assert "user:***@weights.example" in str(failed["notes"]["traceback"])
+    failed = next(r for r in store.results(suite="sec") if r.status == "failed")
+    assert failed.error == "RuntimeError: cannot fetch https://user:***@weights.example/model.pth: 401"
+    assert "user:***@weights.example" in str(failed.notes["traceback"])
     assert "https://user:***@weights.example" in captured.err  # progress output of the failed unit
 
 
@@ -269,19 +270,27 @@ def test_failed_connection_is_one_masked_line(tmp_path: Path, url: str) -> None:
 
 
 def test_migration_adds_trust_checkpoints_and_keeps_old_runs(db_url: str) -> None:
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 5
     store = Store(db_url)
     run_id = store.start_run(suite="old", command="harness run")
+    old = ResultRow("k1", "old", UnitIdentity("t", params={"a": 1}), Status.OK, metrics={"m": MetricValue("m", 2.0)})
+    store.add_result(run_id, old)
     engine = create_engine(db_url)
     with engine.begin() as conn:  # make it a version-1 database
-        for column in ("trust_checkpoints", "executor", "jobs"):
+        for column in ("trust_checkpoints", "executor", "jobs", "overrides", "units"):
             conn.execute(text(f"ALTER TABLE runs DROP COLUMN {column}"))
+        for column in ("baselines", "timing", "seed", "seed_index"):
+            conn.execute(text(f"ALTER TABLE results DROP COLUMN {column}"))
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    engine.dispose()
     with pytest.raises(UserError, match="harness db upgrade"):
         Store(db_url)
-    assert Store(db_url, check_version=False).upgrade() == [2, 3]
+    assert Store(db_url, check_version=False).upgrade() == [2, 3, 4, 5]
     upgraded = Store(db_url)
-    assert upgraded.get_run(run_id).trust_checkpoints is False  # type: ignore[union-attr]
+    run = upgraded.get_run(run_id)
+    assert run is not None and run.trust_checkpoints is False and run.units is None and not run.overrides
+    (row,) = upgraded.results(run_id=run_id)  # an old result reads back whole, with the new fields empty
+    assert row.identity == UnitIdentity("t", params={"a": 1}) and row.value("m") == 2.0 and row.key == "k1"
     new_id = upgraded.start_run(suite="new", trust_checkpoints=True)
     assert upgraded.get_run(new_id).trust_checkpoints is True  # type: ignore[union-attr]
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from harness.devices import Placement
 from methods.sparserefine.ensemblers import (
     DirectEnsembler,
     EntropyEnsembler,
@@ -14,16 +15,20 @@ from methods.sparserefine.ensemblers import (
     OracleEnsembler,
     build_ensembler,
 )
+from methods.sparserefine.lr_outputs import SplitOutputs
+from methods.sparserefine.selection import (
+    SELECTOR_KINDS,
+    OracleSelector,
+    SelectionSpec,
+    TimingBatch,
+    build_selector,
+)
 from methods.sparserefine.selectors import (
     LearnableSelector,
     SelectionCounts,
     entropy_map,
-    entropy_select,
     feature_magnitude,
     lr_errors,
-    magnitude_select,
-    oracle_select,
-    random_select,
     threshold_for_density,
 )
 
@@ -46,12 +51,41 @@ def test_entropy_matches_the_formula_with_clamp():
     assert torch.allclose(entropy_map(logits, dim=-1), expected)
 
 
+def _split(logits: torch.Tensor, labels: torch.Tensor, magnitude: torch.Tensor | None = None) -> SplitOutputs:
+    """LR outputs at factor 1 (logits [N, C, H, W], labels [N, H, W]), images all zero."""
+    n, _, h, w = logits.shape
+    return SplitOutputs(
+        images=torch.zeros(n, 3, h, w, dtype=torch.uint8),
+        labels=labels,
+        logits_grid=logits.half(),
+        magnitude_grid=torch.zeros(n, h, w) if magnitude is None else magnitude,
+        factor=1,
+        num_classes=logits.shape[1],
+        names=[str(i) for i in range(n)],
+    )
+
+
+def _timed_mask(selector, split: SplitOutputs, features: torch.Tensor | None = None) -> torch.Tensor:
+    batch = TimingBatch(split, [0], Placement(torch.device("cpu")), 0, lambda: features)
+    return selector.timed_call(batch)()
+
+
+def test_every_selector_kind_is_one_registered_class():
+    assert tuple(SELECTOR_KINDS) == ("entropy", "magnitude", "random", "learnable", "oracle")
+    assert all(cls.kind == kind for kind, cls in SELECTOR_KINDS.items())
+    with pytest.raises(ValueError, match="unknown selector 'edges'"):
+        SelectionSpec("edges")
+
+
 def test_entropy_selector_thresholds_strictly():
     logits = torch.zeros(1, 4, 1, 2)
     logits[0, 0, 0, 1] = 50.0  # confident pixel
-    mask = entropy_select(logits, alpha=0.3)
-    assert mask.tolist() == [[[True, False]]]
-    assert not entropy_select(logits, alpha=math.log(4)).any()
+    split = _split(logits, torch.zeros(1, 1, 2, dtype=torch.long))
+    selector = build_selector(SelectionSpec("entropy", alpha=0.3), split)
+    assert selector.mask(split, 0).tolist() == [[[True, False]]]
+    assert _timed_mask(selector, split).tolist() == [[[True, False]]]  # the timed call computes the same
+    uniform = build_selector(SelectionSpec("entropy", alpha=math.log(4)), split)
+    assert not uniform.mask(split, 0).any()
 
 
 def test_magnitude_selector_uses_the_l2_norm():
@@ -59,23 +93,63 @@ def test_magnitude_selector_uses_the_l2_norm():
     feats[0, :, 0, 0] = torch.tensor([3.0, 4.0])  # norm 5
     feats[0, :, 0, 1] = torch.tensor([1.0, 0.0])  # norm 1
     assert torch.allclose(feature_magnitude(feats), torch.tensor([[[5.0, 1.0, 0.0]]]))
-    assert magnitude_select(feats, 2.0).tolist() == [[[True, False, False]]]
+    split = _split(torch.zeros(1, 2, 1, 3), torch.zeros(1, 1, 3, dtype=torch.long), feature_magnitude(feats))
+    selector = build_selector(SelectionSpec("magnitude", threshold=2.0), split)
+    assert selector.mask(split, 0).tolist() == [[[True, False, False]]]
+    assert _timed_mask(selector, split, feats).tolist() == [[[True, False, False]]]
+    assert selector.describe()["calibrated_on"] == "not calibrated (given)"
 
 
 def test_random_selector_density_and_determinism():
-    gen = torch.Generator().manual_seed(0)
-    mask = random_select((4, 100, 100), 0.2, gen)
+    split = _split(torch.zeros(4, 2, 100, 100), torch.zeros(4, 100, 100, dtype=torch.long))
+    selector = build_selector(SelectionSpec("random", density=0.2), split, seed=7)
+    mask = torch.cat([selector.mask(split, i) for i in range(4)])
     assert abs(mask.float().mean().item() - 0.2) < 0.01
-    again = random_select((4, 100, 100), 0.2, torch.Generator().manual_seed(0))
-    assert torch.equal(mask, again)
+    again = build_selector(SelectionSpec("random", density=0.2), split, seed=7)
+    assert torch.equal(mask, torch.cat([again.mask(split, i) for i in range(4)]))
+    assert not torch.equal(selector.mask(split, 0), selector.mask(split, 1))  # each image its own draw
+    assert _timed_mask(selector, split).shape == (1, 100, 100)
 
 
 def test_oracle_selects_exactly_the_lr_errors_and_never_ignored_pixels():
     logits = torch.zeros(1, 3, 1, 4)
     logits[0, 0] = 1.0  # predicts class 0 everywhere
     labels = torch.tensor([[[0, 1, 255, 2]]])
-    assert oracle_select(logits, labels).tolist() == [[[False, True, False, True]]]
-    assert torch.equal(oracle_select(logits, labels), lr_errors(logits, labels))
+    split = _split(logits, labels)
+    oracle = build_selector(SelectionSpec("oracle"), split)
+    assert oracle.mask(split, 0).tolist() == [[[False, True, False, True]]]
+    assert torch.equal(oracle.mask(split, 0), lr_errors(logits, labels))
+    # the timed oracle compares the raw prediction with the labels (void included: its cost, not its answer)
+    assert _timed_mask(oracle, split).tolist() == [[[False, True, True, True]]]
+    assert not OracleSelector.sweepable
+
+
+def test_timed_calls_on_odd_sides_give_the_masks_at_the_image_size():
+    """An odd-sided image (5x7) has an LR grid of ceil(side / 2) (3x4): every timed call crops its
+    upsampled grid back to 5x7 and, for the deterministic kinds, equals the mask of the image."""
+    gen = torch.Generator().manual_seed(0)
+    h, w, c = 5, 7, 3
+    feats = torch.randn(1, 4, 3, 4, generator=gen)
+    labels = torch.randint(0, c, (1, h, w), generator=gen)
+    labels[0, 0, :2] = 255
+    split = SplitOutputs(
+        images=torch.randint(0, 256, (1, 3, h, w), generator=gen, dtype=torch.uint8),
+        labels=labels,
+        logits_grid=torch.randn(1, c, 3, 4, generator=gen).half(),
+        magnitude_grid=feature_magnitude(feats),
+        factor=2,
+        num_classes=c,
+        names=["odd"],
+    )
+    learnable = LearnableSelector(c).eval
+    for kind in SELECTOR_KINDS:
+        selector = build_selector(SelectionSpec(kind, density=0.4), split, learnable=learnable)
+        timed = _timed_mask(selector, split, feats)
+        assert timed.shape == (1, h, w), kind
+        if kind == "oracle":  # the timed oracle counts void as an error (its cost, not its answer)
+            assert torch.equal(timed & (labels != 255), selector.mask(split, 0))
+        elif kind != "random":
+            assert torch.equal(timed, selector.mask(split, 0)), kind
 
 
 def test_selection_counts():
@@ -194,7 +268,6 @@ def test_build_ensembler_rejects_unknown():
 def _toy_split(n: int = 4, h: int = 32, w: int = 32):
     """LR logits that always predict class 0; the label is 1 exactly where the image is bright red,
     so the LR errors are the red pixels and only the RGB input reveals them."""
-    from methods.sparserefine.lr_outputs import SplitOutputs
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 120, (n, 3, h, w), generator=gen, dtype=torch.uint8)
@@ -215,23 +288,20 @@ def _toy_split(n: int = 4, h: int = 32, w: int = 32):
 
 
 def test_learnable_selector_learns_the_errors_on_a_toy():
-    from methods.sparserefine.selection import (
-        LearnableTraining,
-        ResolvedSelector,
-        SelectionSpec,
-        train_learnable_selector,
-    )
+    from methods.sparserefine.selection import LearnableTraining, train_learnable_selector
 
     split = _toy_split()
     art = train_learnable_selector(split, LearnableTraining(steps=60, batch=2, crop=(32, 32), lr=1e-2), 0, print)
     assert art["losses"][-1] < art["losses"][0]
     model = LearnableSelector(2)
     model.load_state_dict(art["state_dict"])
-    selector = ResolvedSelector(SelectionSpec("learnable", density=0.1), split, model.eval())
+    selector = build_selector(SelectionSpec("learnable", density=0.1), split, learnable=model.eval)
     counts = SelectionCounts()
     for i in range(len(split)):
         counts.update(selector.mask(split, i), lr_errors(split.logits(i), split.labels[i : i + 1]))
     assert counts.recall > 80.0  # random selection at this density would find ~10%
+    timed = _timed_mask(selector, split)
+    assert timed.float().mean() > 0 and timed.shape == selector.mask(split, 0).shape
 
 
 def test_gated_ensembler_starts_as_identity_fuser():
@@ -244,7 +314,6 @@ def test_split_outputs_on_the_lr_grid_equal_the_full_resolution_definitions():
     """prediction / entropy / errors are computed on the LR grid and upsampled: they must equal
     argmax / entropy_map / lr_errors of the full-resolution logits (void excluded; the entropy up
     to float rounding)."""
-    from methods.sparserefine.lr_outputs import SplitOutputs
 
     gen = torch.Generator().manual_seed(3)
     n, c, h, w, f = 2, 5, 6, 8, 2

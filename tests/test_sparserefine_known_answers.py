@@ -8,7 +8,10 @@
   figures exactly, whatever the selection; a perfect refiner (the ground truth, one-hot) under the
   oracle ensembler turns exactly the selected pixels right: 100 % with the oracle selector, and
   otherwise the accuracy ``LR + (100 − LR) × recall`` and the mIoU of that label map;
-- a fixed-seed run of the real pipeline reproduces its stored figures to 1e-6 at one thread.
+- a fixed-seed run of the real pipeline, retrained from scratch, reproduces itself bit for bit at one
+  thread, and its selection and LR figures equal counts made here. (Stored golden figures are not
+  used: a model trained for a handful of steps is sensitive to the CPU's summation order, and two
+  Xeons gave mIoU 7.60 and 8.64 for the same code.)
 
 The LR baseline is trained for 20 iterations (at 4 it predicts nearly uniform probabilities, so
 every entropy threshold keeps all pixels); ALPHA keeps about a quarter of the pixels: the sparse
@@ -59,7 +62,7 @@ def val_split(artifacts):
 
     spec = get_trial("sparserefine.selector")
     ctx = TrialContext(spec=spec, params={}, scale=SCALE, dataset=DATASET, seed=2023, artifacts_dir=artifacts)
-    return Experiment(ctx).val
+    return Experiment.of(ctx).val
 
 
 def full_resolution_counts(val, mask_of) -> dict[str, int]:
@@ -269,27 +272,35 @@ def test_a_perfect_refiner_corrects_exactly_the_selected_pixels(artifacts, monke
     assert value(ctx, "miou") > value(ctx, "miou_lr")
 
 
-# --- golden figures ----------------------------------------------------------------------------
-
-# sparserefine.pipeline with the real refiner (MinkUNet-6 at width 1/8, gated ensembler, trained one
-# epoch) on DATASET/SCALE, seed 2023, at one torch thread with torch 2.13.0 (CPU build). To regenerate
-# after a change meant to alter them: print ``{k: value(ctx, k) for k in GOLDEN}`` in this test and
-# paste the values (check that two runs agree first).
-GOLDEN = {
-    "miou": 7.595162418251747,
-    "miou_lr": 7.550403914753826,
-    "miou_hr": 8.815295084329229,
-    "pixel_accuracy": 28.256370456603285,
-    "pixel_accuracy_lr": 28.327512611563833,
-    "density": 25.390625,
-    "recall": 23.244901642302832,
-    "precision": 61.92307692307692,
-}
+# --- the real pipeline ------------------------------------------------------------------------
 
 
-def test_pipeline_reproduces_its_golden_figures(artifacts):
+def _reproducible(ctx: TrialContext) -> dict[str, float]:
+    """The metrics that do not depend on the clock (latencies and training times do)."""
+    return {name: m.value for name, m in ctx.metrics.items() if m.unit not in ("ms", "s") and "seconds" not in name}
+
+
+def test_the_real_pipeline_reproduces_itself_and_an_independent_count(artifacts, tmp_path):
+    from methods.metrics import ConfusionMatrix
+    from methods.sparserefine.selectors import entropy_map
+
     ctx = run("sparserefine.pipeline", artifacts, alpha=ALPHA, **SMALL)
-    assert {k: value(ctx, k) for k in GOLDEN} == pytest.approx(GOLDEN, abs=1e-6)
     assert ctx.notes["training"]["steps"] >= 1
-    lr, hr = GOLDEN["miou_lr"], GOLDEN["miou_hr"]
-    assert value(ctx, "gap_closed") == pytest.approx(100.0 * (GOLDEN["miou"] - lr) / (hr - lr), abs=1e-6)
+    # retrained from scratch (LR baseline, HR baseline, refiner) in a fresh artifacts directory
+    again = run_trial("sparserefine.pipeline", tmp_path, SCALE, DATASET, alpha=ALPHA, **SMALL)
+    figures = _reproducible(ctx)
+    assert {"miou", "miou_lr", "miou_hr", "density", "recall", "precision"} <= set(figures)
+    assert _reproducible(again) == pytest.approx(figures, abs=0.0, nan_ok=True)
+
+    val = val_split(artifacts)
+    counts = full_resolution_counts(val, lambda i, logits, labels: entropy_map(logits) > ALPHA)
+    assert value(ctx, "density") == pytest.approx(100.0 * counts["selected"] / counts["pixels"], rel=1e-12)
+    assert value(ctx, "recall") == pytest.approx(100.0 * counts["hits"] / counts["errors"], rel=1e-12)
+    assert value(ctx, "precision") == pytest.approx(100.0 * counts["hits"] / counts["selected"], rel=1e-12)
+    lr_matrix = ConfusionMatrix(val.num_classes)
+    for i in range(len(val)):
+        labels = val.labels[i : i + 1]
+        lr_matrix.update(val.logits(i).argmax(1), labels)
+    assert value(ctx, "miou_lr") == pytest.approx(lr_matrix.miou(), rel=1e-12)
+    lr, hr = value(ctx, "miou_lr"), value(ctx, "miou_hr")
+    assert value(ctx, "gap_closed") == pytest.approx(100.0 * (value(ctx, "miou") - lr) / (hr - lr), rel=1e-9)

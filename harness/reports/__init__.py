@@ -10,20 +10,25 @@ Entry points: :func:`build_report` (``harness report``) and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
-import yaml
 
 from harness.errors import UserError
 from harness.reports.figures import draw_figure
 from harness.reports.layout import ReportLayout, parse_layout
 from harness.reports.provenance import build_provenance
 from harness.reports.render import Report, save_figure_files, write_latex, write_markdown, write_pdf
-from harness.reports.tables import build_table, generic_table
+from harness.reports.tables import build_table, generic_table, unit_times_table
+from harness.results import ResultRow
 from harness.store import Run, Store
+
+if TYPE_CHECKING:
+    from harness.suite import Suite
 
 FORMATS = ("pdf", "md", "tex", "html")
 SUITES_DIR = Path("suites")
@@ -40,69 +45,65 @@ def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-def _read_suite(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"suite file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise UserError(f"{path}:{mark.line + 1 if mark else '?'}: invalid YAML") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    return data
+def read_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
+    """A suite file as a report reads it: without the method packages (no units), with the
+    ``--set`` overrides a run was made with."""
+    from harness.suite import load_suite
+
+    pairs = [f"{key}={json.dumps(value)}" for key, value in (overrides or {}).items()]
+    return load_suite(path, pairs, with_units=False)
 
 
-def _suite_for_run(run: Run, suite_path: str | Path | None) -> Path | None:
-    for candidate in (suite_path, run.suite_path, SUITES_DIR / f"{run.suite}.yaml"):
+def _suite_for_run(run: Run, suite: Suite | None) -> Suite | None:
+    if suite is not None:
+        return suite
+    for candidate in (run.suite_path, SUITES_DIR / f"{run.suite}.yaml"):
         if candidate and Path(candidate).is_file():
-            return Path(candidate)
+            return read_suite(candidate, run.overrides)
     return None
 
 
-def _select(
-    store: Store, suite_path: Path | None, run_id: int | None, with_samples: bool = False
-) -> tuple[str, dict[str, Any], Path | None, list[Run], list[dict[str, Any]]]:
+@dataclass
+class Selection:
+    """What a report shows: a suite's newest results per unit, or one run's results."""
+
+    name: str
+    suite: Suite | None
+    runs: list[Run]
+    results: list[ResultRow]
+
+
+def _select(store: Store, suite: Suite | None, run_id: int | None, with_samples: bool = False) -> Selection:
     if run_id is not None:
         run = store.get_run(run_id)
         if run is None:
             known = ", ".join(str(r.id) for r in store.runs()[-5:]) or "none"
             raise UserError(f"no run with id {run_id} in {store.display_url} (latest runs: {known})")
-        path = _suite_for_run(run, suite_path)
-        raw = _read_suite(path) if path else {"name": run.suite}
         results = store.results(run_id=run_id, latest_per_unit=False, with_samples=with_samples)
-        return run.suite, raw, path, [run], results
-    assert suite_path is not None
-    raw = _read_suite(suite_path)
-    name = str(raw.get("name") or suite_path.stem)
-    results = store.results(suite=name, latest_per_unit=True, with_samples=with_samples)
-    latest = store.latest_run(name)
+        return Selection(run.suite, _suite_for_run(run, suite), [run], results)
+    assert suite is not None
+    results = store.results(suite=suite.name, latest_per_unit=True, with_samples=with_samples)
+    latest = store.latest_run(suite.name)
     if latest is not None:
         # a suite run at several scales: report the scale of the newest run only
-        results = [r for r in results if r.get("scale") == latest.scale] or results
-    run_ids = sorted({r["run_id"] for r in results})
-    runs = [run for run in store.runs(name) if run.id in run_ids] or ([latest] if latest else [])
-    return name, raw, suite_path, runs, results
+        results = [r for r in results if r.scale_name == latest.scale] or results
+    run_ids = sorted({r.run_id for r in results})
+    runs = [run for run in store.runs(suite.name) if run.id in run_ids] or ([latest] if latest else [])
+    return Selection(suite.name, suite, runs, results)
 
 
-def _units_never_run(path: Path | None, scale: str, results: list[dict[str, Any]]) -> list[str] | None:
-    """Descriptions of the suite's units at ``scale`` with no stored result; None if the suite can't
-    be expanded here (its trials are not registered in this process)."""
-    if path is None or not scale or "," in scale:
+def _units_never_run(latest: Run | None, results: list[ResultRow]) -> list[str] | None:
+    """Descriptions of the suite's units (as its newest run expanded them) with no stored result;
+    None when that run does not list its units (made before the store kept them)."""
+    if latest is None or latest.units is None:
         return None
-    from harness.suite import load_suite
-
-    try:
-        units = load_suite(path).units(scale)
-    except UserError:
-        return None
-    stored = {r["unit_key"] for r in results}
-    return [unit.describe() for unit in units if unit.key not in stored]
+    stored = {r.key for r in results}
+    return [unit["describe"] for unit in latest.units if unit["key"] not in stored]
 
 
 def build_report(
     store: Store,
-    suite_path: str | Path | None,
+    suite: Suite | str | Path | None,
     run_id: int | None,
     formats: str | Iterable[str] = ("pdf", "md"),
     out_dir: str | Path = "reports",
@@ -112,12 +113,14 @@ def build_report(
     Output names: ``<out_dir>/<suite>.<fmt>`` (or ``<suite>-run<ID>.<fmt>`` with ``run_id``), with
     figure files for Markdown/LaTeX under ``<out_dir>/<stem>_figures/``.
     """
-    if suite_path is None and run_id is None:
+    if suite is None and run_id is None:
         raise UserError("report: give a suite file or --run ID")
     fmts = parse_formats(formats)
-    path = Path(suite_path) if suite_path is not None else None
-    name, raw, path, runs, results = _select(store, path, run_id, with_samples="html" in fmts)
-    layout = parse_layout(raw, str(path)) if path is not None else ReportLayout(paper=None)
+    if isinstance(suite, (str, Path)):
+        suite = read_suite(suite)
+    chosen = _select(store, suite, run_id, with_samples="html" in fmts)
+    name, runs, results = chosen.name, chosen.runs, chosen.results
+    layout = chosen.suite.layout if chosen.suite is not None else ReportLayout(paper=None)
     paper = layout.paper
     tables = [build_table(spec, results, paper) for spec in layout.tables]
     if not tables:
@@ -125,13 +128,14 @@ def build_report(
         tables = [generic] if generic else []
     figures = [(spec.id, spec.title, draw_figure(spec, results, paper)) for spec in layout.figures]
     stem = name if run_id is None else f"{name}-run{run_id}"
-    provenance = build_provenance(name, raw, runs, results)
+    provenance = build_provenance(name, chosen.suite, runs, results)
     if run_id is None:
-        never_run = _units_never_run(path, provenance.scale, results)
+        never_run = _units_never_run(store.latest_run(name), results)
         if never_run:
             provenance.status_counts["not run"] = len(never_run)
             provenance.never_run = never_run
-    report = Report(provenance, tables, figures, stem)
+    unit_times = unit_times_table(results)
+    report = Report(provenance, tables, figures, stem, [unit_times] if unit_times is not None else [])
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,23 +1,28 @@
 """``harness compare RUN_A RUN_B``: two runs of one suite side by side, metric by metric, with deltas.
 
-Units are paired by what they measure (trial, section, label, parameters, precision, batch size,
-device), not by unit key, so runs at different scales or on different datasets still line up.
+Units are paired by what they measure (:attr:`UnitIdentity.subject_id`: trial, section, label,
+parameters, axes), not by
+unit key, so runs at different scales or on different datasets still line up. Each change is judged
+by :mod:`harness.compare` with the suite's gate thresholds, in the gate's words (regression,
+improvement, unchanged).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
-from typing import Any
+from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from harness.compare import Change, is_time, judge_relative, judge_value
 from harness.errors import UserError
 from harness.reports.tables import failure_reason
-from harness.store import Store
+from harness.results import MetricValue, ResultRow, Status
+from harness.store import Run, Store
+from harness.suite import GateSettings
 
 COLUMNS = [
     "trial",
@@ -40,25 +45,25 @@ COLUMNS = [
 ]
 
 
-def _identity(result: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        result["trial"],
-        result["section"],
-        result["label"],
-        json.dumps(result["params"], sort_keys=True),
-        result["precision"],
-        result["batch_size"],
-        result["device"],
-    )
-
-
-def _verdict(better: str, delta: float | None, base: float | None) -> str:
-    if delta is None or base is None or better not in ("higher", "lower"):
+def _verdict(metric: MetricValue, a: float | None, b: float | None, settings: GateSettings) -> str:
+    if a is None or b is None or metric.better not in ("higher", "lower"):
         return ""
-    if delta == 0 or (base and abs(delta / base) < 0.005):
-        return "same"
-    improved = delta > 0 if better == "higher" else delta < 0
-    return "better" if improved else "worse"
+    min_effect, tolerance = settings.for_metric(metric.name)
+    if is_time(metric.unit):
+        return judge_relative(metric.better, a, b, min_effect)[0].value
+    return judge_value(metric.better, metric.unit, a, b, tolerance)[0].value
+
+
+def _gate_settings(run: Run) -> GateSettings:
+    """The thresholds of the run's suite file (the defaults when the file is gone)."""
+    from harness.reports import read_suite
+
+    if run.suite_path and Path(run.suite_path).is_file():
+        try:
+            return read_suite(run.suite_path, run.overrides).gate
+        except UserError:
+            pass
+    return GateSettings()
 
 
 def compare_runs(store: Store, run_a: int, run_b: int) -> pd.DataFrame:
@@ -74,47 +79,48 @@ def compare_runs(store: Store, run_a: int, run_b: int) -> pd.DataFrame:
             f"runs {run_a} and {run_b} belong to different suites ({runs[run_a].suite} vs {runs[run_b].suite}); "
             "compare runs of one suite"
         )
-    by_run = {}
+    settings = _gate_settings(runs[run_a])
+    by_run: dict[int, dict[str, ResultRow]] = {}
     for run_id in (run_a, run_b):
-        by_run[run_id] = {
-            _identity(r): r for r in sorted(store.results(run_id=run_id, latest_per_unit=False), key=lambda r: r["id"])
-        }
+        rows = sorted(store.results(run_id=run_id, latest_per_unit=False), key=lambda r: r.id)
+        by_run[run_id] = {r.identity.subject_id: r for r in rows}
     keys = list(by_run[run_a]) + [k for k in by_run[run_b] if k not in by_run[run_a]]
     rows = []
     for key in keys:
         ra, rb = by_run[run_a].get(key), by_run[run_b].get(key)
         metrics: list[str] = []
         for r in (ra, rb):
-            for name in (r or {}).get("metrics", {}):
+            for name in r.metrics if r is not None else ():
                 if name not in metrics:
                     metrics.append(name)
+        ident = (ra or rb).identity  # type: ignore[union-attr]
         for name in metrics or [""]:
-            ma = (ra or {}).get("metrics", {}).get(name)
-            mb = (rb or {}).get("metrics", {}).get(name)
-            a = ma["value"] if ma else None
-            b = mb["value"] if mb else None
+            ma = ra.metrics.get(name) if ra is not None else None
+            mb = rb.metrics.get(name) if rb is not None else None
+            a = ma.value if ma else None
+            b = mb.value if mb else None
             delta = b - a if a is not None and b is not None else None
             pct = 100.0 * delta / a if delta is not None and a else None
-            info = ma or mb or {}
+            info = ma or mb or MetricValue(name, math.nan)
             rows.append(
                 {
-                    "trial": key[0],
-                    "section": key[1],
-                    "label": key[2],
-                    "params": ", ".join(f"{k}={v}" for k, v in json.loads(key[3]).items()),
-                    "precision": key[4],
-                    "batch_size": key[5],
-                    "device": key[6],
+                    "trial": ident.trial,
+                    "section": ident.section,
+                    "label": ident.label,
+                    "params": ", ".join(f"{k}={v}" for k, v in sorted(ident.params.items())),
+                    "precision": ident.precision,
+                    "batch_size": ident.batch_size,
+                    "device": ident.device,
                     "metric": name,
-                    "unit": info.get("unit", ""),
-                    "better": info.get("better", "none"),
+                    "unit": info.unit,
+                    "better": info.better,
                     "a": math.nan if a is None else a,
                     "b": math.nan if b is None else b,
                     "delta": math.nan if delta is None else delta,
                     "delta_pct": math.nan if pct is None else pct,
                     "status_a": _status(ra, name),
                     "status_b": _status(rb, name),
-                    "verdict": _verdict(info.get("better", "none"), delta, a),
+                    "verdict": _verdict(info, a, b, settings),
                 }
             )
     frame = pd.DataFrame(rows, columns=COLUMNS)
@@ -122,11 +128,11 @@ def compare_runs(store: Store, run_a: int, run_b: int) -> pd.DataFrame:
     return frame
 
 
-def _status(result: dict[str, Any] | None, metric: str) -> str:
+def _status(result: ResultRow | None, metric: str) -> str:
     if result is None:
         return "not run"
-    if result["status"] == "ok":
-        return "ok" if not metric or metric in result["metrics"] else f"no metric {metric}"
+    if result.ok:
+        return Status.OK.value if not metric or metric in result.metrics else f"no metric {metric}"
     return failure_reason(result, metric)
 
 
@@ -142,12 +148,12 @@ def comparison_table(frame: pd.DataFrame) -> Table:
     table = Table(title=f"suite {frame.attrs.get('suite', '')}: run {a} vs run {b}")
     for name in ("unit", "metric", f"run {a}", f"run {b}", "delta", "delta %", ""):
         table.add_column(name, justify="right" if name.startswith(("run", "delta")) else "left")
-    styles = {"better": "green", "worse": "red"}
+    styles = {Change.IMPROVEMENT.value: "green", Change.REGRESSION.value: "red"}
     for row in frame.itertuples(index=False):
         unit = " ".join(str(x) for x in (row.trial, row.label or row.section, row.params) if x)
         unit += f" [{row.precision}/b{row.batch_size}/{row.device}]"
-        va = _num(row.a) if row.status_a == "ok" else row.status_a
-        vb = _num(row.b) if row.status_b == "ok" else row.status_b
+        va = _num(row.a) if row.status_a == Status.OK else row.status_a
+        vb = _num(row.b) if row.status_b == Status.OK else row.status_b
         table.add_row(
             unit,
             f"{row.metric} ({row.unit})" if row.unit else row.metric,
@@ -179,6 +185,7 @@ def render_comparison(
         return
     console.print(comparison_table(frame))
     counts = frame["verdict"].value_counts()
-    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in ("better", "worse", "same") if counts.get(k, 0))
+    words = (Change.IMPROVEMENT.value, Change.REGRESSION.value, Change.UNCHANGED.value)
+    summary = ", ".join(f"{counts.get(k, 0)} {k}" for k in words if counts.get(k, 0))
     if summary:
         console.print(f"run {frame.attrs.get('run_b')} vs run {frame.attrs.get('run_a')}: {summary}")

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from harness.results import ResultRow
 from harness.timing import NOISY_SPREAD, timing_noise  # noqa: E402
 
 COLOR_OK, EDGE_OK = "#cfe0f3", "#3b6ea5"
@@ -43,7 +44,7 @@ class Box:
         return float(np.median(self.samples))
 
 
-def timed_metrics(results: list[dict[str, Any]], names: dict[int, str]) -> dict[str, list[Box]]:
+def timed_metrics(results: list[ResultRow], names: dict[int, str]) -> dict[str, list[Box]]:
     """{metric name: one Box per ok unit that kept raw samples of it}, in the results' order.
 
     ``results`` must be read with samples (``Store.results(with_samples=True)``); ``names`` gives
@@ -51,14 +52,12 @@ def timed_metrics(results: list[dict[str, Any]], names: dict[int, str]) -> dict[
     """
     out: dict[str, list[Box]] = {}
     for r in results:
-        if r.get("status") != "ok":
+        if not r.ok:
             continue
-        for metric, entry in r.get("metrics", {}).items():
-            samples = tuple(float(s) for s in entry.get("samples") or ())
+        for metric, entry in r.metrics.items():
+            samples = tuple(float(s) for s in entry.samples)
             if samples:
-                box = Box(
-                    r["id"], names.get(r["id"], str(r["id"])), samples, entry.get("unit", ""), timing_noise(samples)
-                )
+                box = Box(r.id, names.get(r.id, str(r.id)), samples, entry.unit, timing_noise(samples))
                 out.setdefault(metric, []).append(box)
     return out
 

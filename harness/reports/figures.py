@@ -15,12 +15,13 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 from harness.reports.layout import BarSpec, FigureSpec, PointSpec  # noqa: E402
 from harness.reports.reference import load_reference  # noqa: E402
 from harness.reports.tables import dominant_axes, failure_reason, pick, result_value  # noqa: E402
+from harness.results import ResultRow
 
 PAGE_SIZE = (11.69, 8.27)  # A4 landscape, inches
 PAPER_MARKERS = ("*", "P", "X", "D", "^", "v")
 
 
-def _series_name(result: dict[str, Any], keys: tuple[str, ...]) -> str:
+def _series_name(result: ResultRow, keys: tuple[str, ...]) -> str:
     if not keys:
         return "ours"
     return ", ".join(f"{k}={result_value(result, k)}" for k in keys)
@@ -35,14 +36,12 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def curve_data(
-    spec: FigureSpec, results: list[dict[str, Any]]
-) -> tuple[dict[str, list[tuple[float, float]]], list[str]]:
+def curve_data(spec: FigureSpec, results: list[ResultRow]) -> tuple[dict[str, list[tuple[float, float]]], list[str]]:
     """Our points per series, plus one line per matching unit that gave no point (and why)."""
     assert spec.x is not None and spec.y is not None
     series: dict[str, list[tuple[float, float]]] = {}
     missing: list[str] = []
-    for r in sorted((r for r in results if spec.match.accepts(r)), key=lambda r: r.get("id", 0)):
+    for r in sorted((r for r in results if spec.match.accepts(r)), key=lambda r: r.id):
         name = _series_name(r, spec.series)
         if spec.curve_note is not None:
             points = _note_curve(r, spec.curve_note, spec.x, spec.y)
@@ -52,18 +51,18 @@ def curve_data(
                 missing.append(f"{name} ({_unit_axes(r)}): {failure_reason(r, 'note ' + spec.curve_note)}")
             continue
         x, y = _as_float(result_value(r, spec.x)), _as_float(result_value(r, spec.y))
-        if r["status"] != "ok" or x is None or y is None:
+        if not r.ok or x is None or y is None:
             missing.append(f"{name} ({_unit_axes(r)}): {failure_reason(r, spec.y)}")
             continue
         if spec.per_image:
-            y /= max(int(r.get("batch_size") or 1), 1)
+            y /= max(int(r.batch_size or 1), 1)
         series.setdefault(name, []).append((x, y))
     return {k: sorted(v) for k, v in series.items()}, missing
 
 
-def note_value(result: dict[str, Any], path: str) -> Any:
+def note_value(result: ResultRow, path: str) -> Any:
     """The note at a dotted ``path`` (``per_class_iou.refined``), or None."""
-    value: Any = result.get("notes", {})
+    value: Any = result.notes
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
             return None
@@ -71,8 +70,8 @@ def note_value(result: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _note_curve(result: dict[str, Any], note: str, x: str, y: str) -> list[tuple[float, float]]:
-    if result.get("status") != "ok":
+def _note_curve(result: ResultRow, note: str, x: str, y: str) -> list[tuple[float, float]]:
+    if not result.ok:
         return []
     points = note_value(result, note)
     if not isinstance(points, list):
@@ -86,9 +85,9 @@ def _note_curve(result: dict[str, Any], note: str, x: str, y: str) -> list[tuple
     return out
 
 
-def _unit_axes(r: dict[str, Any]) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in sorted(r.get("params", {}).items()))
-    return f"{params}; {r.get('precision')}/b{r.get('batch_size')}/{r.get('device')}"
+def _unit_axes(r: ResultRow) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted(r.params.items()))
+    return f"{params}; {r.precision}/b{r.batch_size}/{r.device}"
 
 
 def reference_points(point: PointSpec, default_paper: str | None) -> dict[str, list[tuple[float, float]]]:
@@ -117,15 +116,15 @@ def reference_points(point: PointSpec, default_paper: str | None) -> dict[str, l
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _axis_label(name: str, results: list[dict[str, Any]]) -> str:
+def _axis_label(name: str, results: list[ResultRow]) -> str:
     for r in results:
-        m = r.get("metrics", {}).get(name)
-        if m and m.get("unit"):
-            return f"{name} ({m['unit']})"
+        m = r.metrics.get(name)
+        if m and m.unit:
+            return f"{name} ({m.unit})"
     return name
 
 
-def draw_curve(spec: FigureSpec, results: list[dict[str, Any]], default_paper: str | None) -> Figure:
+def draw_curve(spec: FigureSpec, results: list[ResultRow], default_paper: str | None) -> Figure:
     fig, ax = plt.subplots(figsize=PAGE_SIZE)
     ours, missing = curve_data(spec, results)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -199,23 +198,23 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
 
 
-def bar_values(bar: BarSpec, result: dict[str, Any] | None) -> dict[str, float]:
+def bar_values(bar: BarSpec, result: ResultRow | None) -> dict[str, float]:
     """{category: value} of one bar series from a unit's metrics (by prefix) or a note."""
-    if result is None or result.get("status") != "ok":
+    if result is None or not result.ok:
         return {}
     if bar.values_metric_prefix is not None:
         prefix = bar.values_metric_prefix
-        return {k[len(prefix) :]: float(m["value"]) for k, m in result["metrics"].items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: float(m.value) for k, m in result.metrics.items() if k.startswith(prefix)}
     note = note_value(result, bar.values_note or "")
     if isinstance(note, dict):
         return {str(k): float(v) for k, v in note.items() if _as_float(v) is not None}
     if isinstance(note, list):
-        classes = result.get("notes", {}).get("classes") or [f"class {i}" for i in range(len(note))]
+        classes = result.notes.get("classes") or [f"class {i}" for i in range(len(note))]
         return {str(c): float(v) for c, v in zip(classes, note, strict=False) if _as_float(v) is not None}
     return {}
 
 
-def draw_bars(spec: FigureSpec, results: list[dict[str, Any]], default_paper: str | None) -> Figure:
+def draw_bars(spec: FigureSpec, results: list[ResultRow], default_paper: str | None) -> Figure:
     paper = spec.reference_paper or default_paper
     reference = load_reference(paper) if paper else None
     table = reference.table(spec.reference_table) if (reference and spec.reference_table) else None
@@ -281,7 +280,7 @@ def draw_bars(spec: FigureSpec, results: list[dict[str, Any]], default_paper: st
     return fig
 
 
-def draw_figure(spec: FigureSpec, results: list[dict[str, Any]], default_paper: str | None) -> Figure:
+def draw_figure(spec: FigureSpec, results: list[ResultRow], default_paper: str | None) -> Figure:
     if spec.kind == "bars":
         return draw_bars(spec, results, default_paper)
     return draw_curve(spec, results, default_paper)

@@ -12,7 +12,9 @@ ensembler beats direct replacement", "SparseRefine is faster than HR". A finding
   else the first row where both ours and the paper's value exist.
 
 Values that print the same in the column's format count as equal: a paper difference below the
-printed precision is no finding; ours below it does not reproduce one.
+printed precision is no finding; ours below it does not reproduce one. Nor does an ordering of ours
+that lies within the seeds' spread (a row run with ``seeds: N``; see
+:func:`harness.reports.tables.within_spread`): such a cell is left without a verdict.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ def _column_findings(table: BuiltTable, j: int) -> list[Finding]:
             f"paper: {label} {_relation(p)} {base_label} ({format(c.paper, f)} vs {format(base.paper, f)}); "
             f"ours: {_relation(o)} ({format(c.ours, f)} vs {format(base.ours, f)})"
         )
+        if base_label in c.within_spread:  # ours could be either way round: no finding either way
+            out.append(Finding(NONE, f"{why}; within the seeds' spread (|mean difference| < std + std)"))
+            continue
         out.append(Finding(_verdict(p, o), why if p else f"paper shows no difference; {why}"))
     return out
 

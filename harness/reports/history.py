@@ -21,32 +21,32 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from scipy.stats import mannwhitneyu
 
+from harness.compare import Change, is_gated_value, is_timed, judge
 from harness.errors import UserError
-from harness.gate import identity, is_gated_value, is_timed
+from harness.results import MetricValue, ResultRow, Status, gate_ids
 from harness.store import Run, Store
-from harness.suite import GateSettings, Suite, load_suite
+from harness.suite import GateSettings, Suite
 
 CHART_W, CHART_H = 440, 190
 PAD_L, PAD_R, PAD_T, PAD_B = 56, 12, 12, 28
 MAX_X_LABELS = 8
 
 
-def gated_kind(metric: dict[str, Any]) -> str | None:
+def gated_kind(metric: MetricValue) -> str | None:
     """How the gate treats a stored metric: "timed" (a time with raw samples, gated by the A/B),
     "value" (a deterministic metric with a direction) or None (informational)."""
-    if is_timed(metric):
+    if is_timed(metric.unit, metric.samples):
         return "timed"
-    return "value" if is_gated_value(metric) else None
+    return "value" if is_gated_value(metric.unit, metric.better) else None
 
 
-def unit_title(row: dict[str, Any]) -> str:
-    what = row.get("label") or ", ".join(f"{k}={v}" for k, v in row["params"].items())
-    section = f" [{row['section']}]" if row.get("section") else ""
-    return f"{row['trial']}{section} {what} {row['precision']}/b{row['batch_size']}/{row['device']}"
+def unit_title(row: ResultRow) -> str:
+    what = row.label or ", ".join(f"{k}={v}" for k, v in row.params.items())
+    section = f" [{row.section}]" if row.section else ""
+    return f"{row.trial}{section} {what} {row.precision}/b{row.batch_size}/{row.device}"
 
 
 @dataclass
@@ -83,12 +83,12 @@ class History:
 # --- collecting ----------------------------------------------------------------------------------
 
 
-def _runs_with_rows(store: Store, name: str) -> tuple[str, list[tuple[Run, list[dict[str, Any]]]], list[Run]]:
+def _runs_with_rows(store: Store, name: str) -> tuple[str, list[tuple[Run, list[ResultRow]]], list[Run]]:
     runs = sorted(store.runs(name), key=lambda r: (r.started_at, r.id))
     if not runs:
         raise UserError(f"no runs of suite {name!r} are stored in this database")
     scale = runs[-1].scale
-    kept: list[tuple[Run, list[dict[str, Any]]]] = []
+    kept: list[tuple[Run, list[ResultRow]]] = []
     empty: list[Run] = []
     for run in runs:
         if run.scale != scale:
@@ -106,30 +106,29 @@ def collect_history(store: Store, suite: Suite) -> History:
     scale, runs, empty = _runs_with_rows(store, suite.name)
     series: dict[tuple[str, str], Series] = {}
     for index, (_, rows) in enumerate(runs):
-        for row in rows:
-            _add_row(series, index, row)
+        for key, row in zip(gate_ids([r.identity for r in rows]), rows, strict=True):
+            _add_row(series, index, key, row)
     for s in series.values():
         flag_moves(s, suite.gate)
     ordered = sorted(series.values(), key=lambda s: (s.unit, s.metric))
     return History(suite.name, suite.title, scale, [r for r, _ in runs], ordered, suite.gate, empty)
 
 
-def _add_row(series: dict[tuple[str, str], Series], index: int, row: dict[str, Any]) -> None:
-    key = identity(row)
-    if row["status"] != "ok":
+def _add_row(series: dict[tuple[str, str], Series], index: int, key: str, row: ResultRow) -> None:
+    if not row.ok:
         # a failure is a point of every series this unit already has (unless it also ended ok in this run)
         for (k, _), s in series.items():
             if k == key and not (s.points and s.points[-1].run == index):
-                s.points.append(Point(index, None, error=row["error"] or row["status"]))
+                s.points.append(Point(index, None, error=row.error or row.status.value))
         return
-    for name, metric in row["metrics"].items():
+    for name, metric in row.metrics.items():
         kind = gated_kind(metric)
         if kind is None:
             continue
-        s = series.setdefault((key, name), Series(unit_title(row), name, metric["unit"], metric["better"], kind))
+        s = series.setdefault((key, name), Series(unit_title(row), name, metric.unit, metric.better, kind))
         if s.points and s.points[-1].run == index:
             s.points.pop()  # a unit stored twice in one run: its later result counts
-        s.points.append(Point(index, float(metric["value"]), tuple(metric.get("samples") or ())))
+        s.points.append(Point(index, float(metric.value), tuple(metric.samples)))
 
 
 # --- what moved ------------------------------------------------------------------------------------
@@ -141,7 +140,10 @@ def flag_moves(series: Series, settings: GateSettings) -> None:
     previous: Point | None = None
     for point in series.points:
         if point.value is None:
-            point.flag, point.detail = "failed", f"did not end ok: {point.error.strip().splitlines()[-1][:200]}"
+            point.flag, point.detail = (
+                Status.FAILED.value,
+                f"did not end ok: {point.error.strip().splitlines()[-1][:200]}",
+            )
             continue
         if previous is not None and previous.value is not None:
             if series.kind == "timed":
@@ -154,10 +156,10 @@ def flag_moves(series: Series, settings: GateSettings) -> None:
 def value_move(before: float, after: float, better: str, tolerance: float) -> tuple[str, str]:
     delta = after - before
     detail = f"{delta:+.3g} vs previous run (tolerance ±{tolerance:g})"
-    if abs(delta) <= tolerance or not math.isfinite(delta):
+    if not math.isfinite(delta):
         return "", detail
-    worse = delta < 0 if better == "higher" else delta > 0
-    return ("regression" if worse else "improvement"), detail
+    change = judge(better, delta, tolerance)
+    return ("" if change == Change.UNCHANGED else change.value), detail
 
 
 def timed_move(before: Point, after: Point, min_effect: float, alpha: float) -> tuple[str, str]:
@@ -171,11 +173,10 @@ def timed_move(before: Point, after: Point, min_effect: float, alpha: float) -> 
     else:
         p, test = 0.0, "too few samples for a U test"
     detail = f"median ratio {ratio:.3f} vs previous run, {test} (min effect {min_effect:.0%}, alpha {alpha:g})"
-    if p < alpha and ratio > 1 + min_effect:
-        return "regression", detail
-    if p < alpha and ratio < 1 / (1 + min_effect):
-        return "improvement", detail
-    return "", detail
+    if p >= alpha:
+        return "", detail
+    change = judge("lower", math.log(ratio), math.log1p(min_effect)) if ratio > 0 else Change.IMPROVEMENT
+    return ("" if change == Change.UNCHANGED else change.value), detail
 
 
 # --- charts ------------------------------------------------------------------------------------------
@@ -253,7 +254,7 @@ def chart(series: Series, runs: list[Run]) -> Chart:
     xticks = [(_x(i, len(runs)), short_sha(r)) for i, r in enumerate(runs) if i % step == 0]
     yticks = [(y(v), f"{v:.4g}") for v in (lo + (hi - lo) * f for f in (0.1, 0.5, 0.9))]
     line = " ".join(f"{p.x:.1f},{p.y:.1f}" for p in points)
-    flagged = sum(p.flag in ("regression", "improvement", "failed") for p in series.points)
+    flagged = sum(bool(p.flag) for p in series.points)
     return Chart(series.unit, series.metric, series.measure, series.kind, line, points, fails, yticks, xticks, flagged)
 
 
@@ -274,9 +275,12 @@ def render_history(history: History) -> str:
     )
 
 
-def build_history_report(store: Store, suite_path: Path, out_dir: Path) -> Path:
-    """Write ``<out_dir>/<suite>-history.html`` and return its path."""
-    suite = load_suite(suite_path)
+def build_history_report(store: Store, suite: Suite | str | Path, out_dir: Path) -> Path:
+    """Write ``<out_dir>/<suite>-history.html`` and return its path (``suite``: loaded, or its file)."""
+    if not isinstance(suite, Suite):
+        from harness.reports import read_suite
+
+        suite = read_suite(suite)
     history = collect_history(store, suite)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from harness.reports.distributions import Box, distribution_svg, figure_svg, noi
 from harness.reports.findings import Finding, summary, table_findings
 from harness.reports.render import EXPLANATION, Report
 from harness.reports.tables import BuiltTable, failure_reason
+from harness.results import ResultRow
 from harness.timing import NOISY_SPREAD, timing_noise
 
 FINDING_LEGEND = (
@@ -100,36 +101,36 @@ def table_view(table: BuiltTable) -> TableView:
 # --- the unit table --------------------------------------------------------------------------------
 
 
-def _group(r: dict[str, Any]) -> tuple[str, str]:
-    return (r["trial"], r.get("section") or "")
+def _group(r: ResultRow) -> tuple[str, str]:
+    return (r.trial, r.section or "")
 
 
-def varying_params(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+def varying_params(results: list[ResultRow]) -> dict[tuple[str, str], list[str]]:
     """Per (trial, section), the parameters whose value differs between its units: what tells the
     units of one ablation apart (the others only repeat)."""
     seen: dict[tuple[str, str], dict[str, set[str]]] = {}
     for r in results:
         group = seen.setdefault(_group(r), {})
-        for k, v in r.get("params", {}).items():
+        for k, v in r.params.items():
             group.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
     return {g: sorted(k for k, v in params.items() if len(v) > 1) for g, params in seen.items()}
 
 
-def unit_what(r: dict[str, Any], varying: dict[tuple[str, str], list[str]]) -> str:
+def unit_what(r: ResultRow, varying: dict[tuple[str, str], list[str]]) -> str:
     """The unit's label, else its parameters that vary within its trial and section."""
-    return r.get("label") or ", ".join(f"{k}={r['params'][k]}" for k in varying.get(_group(r), []) if k in r["params"])
+    return r.label or ", ".join(f"{k}={r.params[k]}" for k in varying.get(_group(r), []) if k in r.params)
 
 
-def unit_names(results: list[dict[str, Any]]) -> dict[int, str]:
+def unit_names(results: list[ResultRow]) -> dict[int, str]:
     """A short display name per result id: section, trial, what sets it apart, and the axes when
     they vary."""
     varying = varying_params(results)
-    axes_vary = len({(r["precision"], r["batch_size"], r["device"]) for r in results}) > 1
+    axes_vary = len({(r.precision, r.batch_size, r.device) for r in results}) > 1
     names = {}
     for r in results:
-        section = f"[{r['section']}] " if r.get("section") else ""
-        axes = f" {r['precision']}/b{r['batch_size']}/{r['device']}" if axes_vary else ""
-        names[r["id"]] = f"{section}{r['trial']} {unit_what(r, varying)}".strip() + axes
+        section = f"[{r.section}] " if r.section else ""
+        axes = f" {r.precision}/b{r.batch_size}/{r.device}" if axes_vary else ""
+        names[r.id] = f"{section}{r.trial} {unit_what(r, varying)}".strip() + axes
     return names
 
 
@@ -139,20 +140,20 @@ def _number(value: float) -> CellView:
     return CellView(f"{value:.4g}", sort=repr(float(value)))
 
 
-def _metric_columns(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def _metric_columns(results: list[ResultRow]) -> list[tuple[str, str]]:
     columns: dict[str, str] = {}
     for r in results:
-        for name, entry in r.get("metrics", {}).items():
-            columns.setdefault(name, entry.get("unit", ""))
+        for name, entry in r.metrics.items():
+            columns.setdefault(name, entry.unit)
     return list(columns.items())
 
 
-def _metric_cell(r: dict[str, Any], name: str) -> CellView:
-    entry = r.get("metrics", {}).get(name)
-    if entry is None or r["status"] != "ok":
+def _metric_cell(r: ResultRow, name: str) -> CellView:
+    entry = r.metrics.get(name)
+    if entry is None or not r.ok:
         return CellView("")
-    cell = _number(float(entry["value"]))
-    samples = entry.get("samples") or ()
+    cell = _number(float(entry.value))
+    samples = entry.samples
     if samples:
         spread = timing_noise(samples)
         cell.title = f"median of {len(samples)} samples" + (f", {noise_text(spread)}" if spread is not None else "")
@@ -161,8 +162,8 @@ def _metric_cell(r: dict[str, Any], name: str) -> CellView:
     return cell
 
 
-def _noise_cell(r: dict[str, Any]) -> CellView:
-    measured = [(timing_noise(e["samples"]), name) for name, e in r.get("metrics", {}).items() if e.get("samples")]
+def _noise_cell(r: ResultRow) -> CellView:
+    measured = [(timing_noise(e.samples), name) for name, e in r.metrics.items() if e.samples]
     spreads = [(s, n) for s, n in measured if s is not None]
     if not spreads:
         return CellView("", sort="")
@@ -173,16 +174,16 @@ def _noise_cell(r: dict[str, Any]) -> CellView:
     return CellView(text, title=f"{name}: {noise_text(spread)}", sort=repr(spread))
 
 
-def _reason(r: dict[str, Any]) -> CellView:
+def _reason(r: ResultRow) -> CellView:
     """Why a unit did not end ok, with the last line of its error (hover: the whole error)."""
-    if r["status"] == "ok":
+    if r.ok:
         return CellView("")
     reason = failure_reason(r)
-    lines = (r.get("error") or "").strip().splitlines()
+    lines = (r.error or "").strip().splitlines()
     detail = lines[-1].strip() if lines else ""
     if detail and detail not in reason:
         reason = f"{reason}: {detail}"
-    return CellView(reason, title=r.get("error") or "", sort=reason.lower())
+    return CellView(reason, title=r.error or "", sort=reason.lower())
 
 
 def _text(value: Any) -> CellView:
@@ -190,24 +191,24 @@ def _text(value: Any) -> CellView:
     return CellView(text, sort=text.lower())
 
 
-def unit_table(results: list[dict[str, Any]], never_run: list[str]) -> UnitTable:
+def unit_table(results: list[ResultRow], never_run: list[str]) -> UnitTable:
     metrics = _metric_columns(results)
     varying = varying_params(results)
     fixed = ["#", "status", "trial", "section", "unit", "precision", "batch", "device"]
     columns = fixed + [f"{m} ({u})" if u else m for m, u in metrics] + ["wall time (s)", "timing noise", "reason"]
     numeric = [c in ("#", "batch") for c in fixed] + [True] * len(metrics) + [True, True, False]
     rows = []
-    for r in sorted(results, key=lambda r: r["id"]):
+    for r in sorted(results, key=lambda r: r.id):
         what = unit_what(r, varying)
-        unit = CellView(what, "wrap", ", ".join(f"{k}={v}" for k, v in r["params"].items()), what.lower())
-        cells = [_number(r["id"]), CellView(r["status"], f"status-{r['status']}", sort=r["status"]),
-                 _text(r["trial"]), _text(r.get("section")), unit, _text(r["precision"]),
-                 _number(r["batch_size"]), _text(r["device"])]  # fmt: skip
+        unit = CellView(what, "wrap", ", ".join(f"{k}={v}" for k, v in r.params.items()), what.lower())
+        cells = [_number(r.id), CellView(r.status.value, f"status-{r.status.value}", sort=r.status.value),
+                 _text(r.trial), _text(r.section), unit, _text(r.precision),
+                 _number(r.batch_size), _text(r.device)]  # fmt: skip
         cells += [_metric_cell(r, m) for m, _ in metrics]
-        cells.append(_number(float(r.get("duration_s") or 0.0)))
+        cells.append(_number(float(r.duration_s or 0.0)))
         cells.append(_noise_cell(r))
         cells.append(_reason(r))
-        rows.append((r["status"], cells))
+        rows.append((r.status.value, cells))
     for description in never_run:
         cells = [
             CellView(""),
@@ -226,7 +227,7 @@ def unit_table(results: list[dict[str, Any]], never_run: list[str]) -> UnitTable
 # --- the page ----------------------------------------------------------------------------------------
 
 
-def distributions(results: list[dict[str, Any]]) -> list[Distribution]:
+def distributions(results: list[ResultRow]) -> list[Distribution]:
     names = unit_names(results)
     out = []
     for metric, boxes in timed_metrics(results, names).items():
@@ -251,7 +252,7 @@ def environment() -> Environment:
     )
 
 
-def render_html(report: Report, results: list[dict[str, Any]]) -> str:
+def render_html(report: Report, results: list[ResultRow]) -> str:
     """The whole page. ``results`` are the report's result rows read with their samples."""
     prov, packages = provenance_rows(report)
     figures = [(fig_id, title, Markup(figure_svg(fig))) for fig_id, title, fig in report.figures]
@@ -272,5 +273,5 @@ def render_html(report: Report, results: list[dict[str, Any]]) -> str:
     )
 
 
-def write_html(report: Report, results: list[dict[str, Any]], path: Path) -> None:
+def write_html(report: Report, results: list[ResultRow], path: Path) -> None:
     path.write_text(render_html(report, results), encoding="utf-8")

@@ -74,9 +74,12 @@ Schema::
           - {label: SR, match: {trial: sr}, values: {note: per_class_iou.refined}, ref: "+ SparseRefine (Ours)"}
 
 A ``match`` may hold ``trial``, ``section``, ``label``, ``precision``, ``batch_size``, ``device``
-(each equal) and ``params`` (a subset of the result's parameters). A cell's match is the table's,
+(each equal), ``params`` (a subset of the result's parameters) and ``dataset`` (a subset of the
+unit's dataset settings, e.g. ``dataset: {name: voc}`` in a suite whose entries run on several
+datasets). A cell's match is the table's,
 then the row's, then the column's, merged in that order. When several units qualify, the newest one
-with the metric on the table's most common (precision, batch size, device) wins; when none has it,
+with the metric on the table's most common (precision, batch size, device) wins, and its row's other
+training seeds (``seeds: N``) with it: the cell then shows their mean and standard deviation; when none has it,
 the cell shows why (``not run``, ``OOM``, ``unavailable: ...``, taken from the unit's error).
 
 Every key is checked here, so a typo fails at validation with the file and key named, not in the
@@ -89,40 +92,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.errors import UserError
+from harness.results import ResultRow, UnitIdentity
 
-MATCH_KEYS = ("trial", "section", "label", "precision", "batch_size", "device", "params")
+MATCH_KEYS = (*UnitIdentity(trial="").fields(), "params", "dataset")  # what identifies a unit (harness.results)
 COLUMN_KINDS = ("value", "speedup", "ratio", "delta", "gap_closed", "matched")
 FIGURE_KINDS = ("curve", "bars")
 
 
 @dataclass(frozen=True)
 class Match:
-    """A filter over result dicts; empty fields match anything."""
+    """A filter over results by their :class:`~harness.results.UnitIdentity`; empty fields match anything."""
 
     fields: tuple[tuple[str, Any], ...] = ()
     params: tuple[tuple[str, Any], ...] = ()
+    dataset: tuple[tuple[str, Any], ...] = ()
 
     def merged(self, other: Match) -> Match:
         fields = dict(self.fields) | dict(other.fields)
         params = dict(self.params) | dict(other.params)
-        return Match(tuple(fields.items()), tuple(params.items()))
+        dataset = dict(self.dataset) | dict(other.dataset)
+        return Match(tuple(fields.items()), tuple(params.items()), tuple(dataset.items()))
 
     def without(self, names: tuple[str, ...]) -> Match:
         """This match with the named parameters and fields left open."""
         return Match(
             tuple((k, v) for k, v in self.fields if k not in names),
             tuple((k, v) for k, v in self.params if k not in names),
+            self.dataset,
         )
 
-    def accepts(self, result: dict[str, Any]) -> bool:
+    def accepts(self, result: ResultRow | UnitIdentity) -> bool:
+        identity = result.identity if isinstance(result, ResultRow) else result
+        have = identity.fields()
         for key, want in self.fields:
-            if not _same(result.get(key), want):
+            if not _same(have.get(key), want):
                 return False
-        params = result.get("params", {})
-        return all(key in params and _same(params[key], want) for key, want in self.params)
+        if not all(key in identity.dataset and _same(identity.dataset[key], want) for key, want in self.dataset):
+            return False
+        return all(key in identity.params and _same(identity.params[key], want) for key, want in self.params)
 
 
 def _same(have: Any, want: Any) -> bool:
@@ -277,8 +285,9 @@ class _Reader:
         data = self.mapping(value, where)
         self.known(data, MATCH_KEYS, where)
         params = self.mapping(data.get("params", {}), f"{where}.params")
-        fields = tuple((k, data[k]) for k in MATCH_KEYS if k in data and k != "params")
-        return Match(fields, tuple(params.items()))
+        dataset = self.mapping(data.get("dataset", {}), f"{where}.dataset")
+        fields = tuple((k, data[k]) for k in MATCH_KEYS if k in data and k not in ("params", "dataset"))
+        return Match(fields, tuple(params.items()), tuple(dataset.items()))
 
     def names(self, value: Any, where: str) -> tuple[str, ...]:
         if value is None:
@@ -591,14 +600,9 @@ def _load_pointer(raw_suite: dict[str, Any], source: str) -> tuple[dict[str, Any
     path = (base / pointer) if not Path(pointer).is_absolute() else Path(pointer)
     if not path.is_file():
         raise UserError(f"{source}: layout: file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} invalid YAML") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping with 'tables' and/or 'figures'")
+    from harness.suite import read_layout_file  # the one reader of suite YAML (imports this module)
+
+    data = read_layout_file(path)
     if "layout" in data:
         raise UserError(f"{path}: layout: a layout file cannot point to another layout file")
     return data, str(path)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.redact import mask_secrets
+from harness.results import ResultRow
 from harness.store import Run
+
+if TYPE_CHECKING:
+    from harness.suite import Suite
 
 
 @dataclass
@@ -79,19 +83,16 @@ def dataset_text(dataset: dict[str, Any]) -> str:
     return f"{name}{size}" + (f" ({extra})" if extra else "")
 
 
-def build_provenance(
-    suite: str, raw_suite: dict[str, Any], runs: list[Run], results: list[dict[str, Any]]
-) -> Provenance:
-    datasets = sorted({dataset_text(r["dataset"]) for r in results if r.get("dataset")})
-    scales = sorted({str(r.get("scale")) for r in results if r.get("scale")}) or sorted({r.scale for r in runs})
-    reproduces = raw_suite.get("reproduces") or []
+def build_provenance(suite_name: str, suite: Suite | None, runs: list[Run], results: list[ResultRow]) -> Provenance:
+    datasets = sorted({dataset_text(r.dataset) for r in results if r.dataset})
+    scales = sorted({r.scale_name for r in results if r.scale_name}) or sorted({r.scale for r in runs})
     return Provenance(
-        suite=suite,
-        title=str(raw_suite.get("title", "")),
-        paper=str(raw_suite.get("paper", "") or "-"),
-        reproduces=[str(x) for x in reproduces] if isinstance(reproduces, list) else [str(reproduces)],
+        suite=suite_name,
+        title=suite.title if suite is not None else "",
+        paper=(suite.paper if suite is not None else "") or "-",
+        reproduces=list(suite.reproduces) if suite is not None else [],
         runs=runs,
         scale=", ".join(scales),
         datasets=datasets,
-        status_counts=dict(Counter(r["status"] for r in results)),
+        status_counts=dict(Counter(r.status.value for r in results)),
     )

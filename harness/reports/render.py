@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -45,6 +45,7 @@ class Report:
     tables: list[BuiltTable]
     figures: list[tuple[str, str, Figure]]  # id, title, figure
     stem: str
+    appendix: list[BuiltTable] = field(default_factory=list)  # after the figures (PDF, Markdown, LaTeX)
 
 
 @dataclass
@@ -210,6 +211,7 @@ def _title_page(report: Report, contents: list[tuple[str, int]]) -> Figure:
 def write_pdf(report: Report, path: Path) -> int:
     """Write the multi-page PDF; returns the number of pages."""
     table_pages = [(t.title, _table_pages(t)) for t in report.tables]
+    appendix_pages = [(t.title, _table_pages(t)) for t in report.appendix]
     contents, page = [], 2
     for title, pages in table_pages:
         contents.append((title, page))
@@ -217,6 +219,9 @@ def write_pdf(report: Report, path: Path) -> int:
     for _, title, _ in report.figures:
         contents.append((title, page))
         page += 1
+    for title, pages in appendix_pages:
+        contents.append((title, page))
+        page += len(pages)
     with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(path) as pdf:
         title_fig = _title_page(report, contents)
         pdf.savefig(title_fig)
@@ -227,6 +232,10 @@ def write_pdf(report: Report, path: Path) -> int:
                 plt.close(fig)
         for _, _, fig in report.figures:
             pdf.savefig(fig)
+        for _, pages in appendix_pages:
+            for fig in pages:
+                pdf.savefig(fig)
+                plt.close(fig)
         info = pdf.infodict()
         info["Title"] = report.provenance.title or report.provenance.suite
         info["Subject"] = f"segharness report for suite {report.provenance.suite}"
@@ -290,6 +299,9 @@ def write_markdown(report: Report, path: Path, figure_files: dict[str, dict[str,
             file = figure_files.get(fig_id, {}).get("svg")
             rel = file.relative_to(path.parent).as_posix() if file else ""
             lines += [f"### {title}", "", f"![{title}]({rel})" if rel else "(figure not saved)", ""]
+    for table in report.appendix:
+        lines += [f"## {table.title}", ""] + [f"- {line}" for line in table.context_lines] + [""]
+        lines += [table_frame(table).to_markdown(disable_numparse=True), ""]
     path.write_text("\n".join(lines))
 
 
@@ -339,5 +351,9 @@ def write_latex(report: Report, path: Path, figure_files: dict[str, dict[str, Pa
                 rf"\caption{{{_tex_escape(title)}}}",
                 r"\end{figure}",
             ]
+    for table in report.appendix:
+        out += [rf"\subsection*{{{_tex_escape(table.title)}}}"]
+        out += [_tex_escape(line) + r"\\" for line in table.context_lines]
+        out += [r"\resizebox{\linewidth}{!}{", table_frame(table).to_latex(escape=True), "}"]
     out.append(r"\end{document}")
     path.write_text("\n".join(out) + "\n")

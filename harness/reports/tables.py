@@ -13,25 +13,46 @@ import numpy as np
 
 from harness.reports.layout import ColumnSpec, Match, RowSpec, TableSpec
 from harness.reports.reference import RefCell, Reference, RefTable, load_reference
+from harness.results import ResultRow, Status
 
 AXIS_NAMES = ("precision", "batch_size", "device", "label", "section", "trial")
 SHORT_REASON_CHARS = 26
-STATUS_WORDS = {
-    "oom": "OOM",
-    "timeout": "timeout",
-    "failed": "failed",
-    "unsupported": "unsupported",
-    "unavailable": "unavailable",
-}
+STATUS_WORDS = {Status.OOM: "OOM"}  # how a report cell names a status, where not by its own word
+
+
+SPREAD_MARK = "\u2020"  # dagger: the value is within the seeds' spread of another row's
+SPREAD_RULE = (
+    "x \u00b1 s: mean and standard deviation (n - 1) over the row's training seeds (seeds: N). "
+    f"{SPREAD_MARK}: this value and another row's in the same column lie within the seeds' spread, "
+    "|mean_a - mean_b| < std_a + std_b (a single-seed value counts with std 0), so their ordering is not "
+    "established"
+)
 
 
 @dataclass
 class Cell:
-    ours: float | None
+    ours: float | None  # with several seeds: their mean
     ours_text: str
     paper: float | None = None
     paper_text: str = ""
     reason: str = ""  # why `ours` is missing, in full
+    std: float | None = None  # standard deviation (n - 1) over the row's seeds, when there are several
+    seeds: int = 1  # how many seeds `ours` is the mean of
+    within_spread: tuple[str, ...] = ()  # rows of this column whose value lies within the spread of this one
+
+
+def seed_spread(values: list[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation) of one row's per-seed values (std None for a single seed)."""
+    mean = float(np.mean(values))
+    return mean, (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def within_spread(a: Cell, b: Cell) -> bool:
+    """Whether two cells' difference lies within their seeds' spread: |mean_a - mean_b| < std_a +
+    std_b, for cells of which at least one has several seeds (a single seed counts with std 0)."""
+    if a.ours is None or b.ours is None or (a.seeds < 2 and b.seeds < 2):
+        return False
+    return abs(a.ours - b.ours) < (a.std or 0.0) + (b.std or 0.0)
 
 
 @dataclass
@@ -48,54 +69,45 @@ class BuiltTable:
     notes: list[str] = field(default_factory=list)
 
 
-def result_value(result: dict[str, Any], name: str) -> Any:
+def result_value(result: ResultRow, name: str) -> Any:
     """A metric value, else a parameter, else a field of the result (None if absent).
 
     A dotted name reaches into a mapping field: ``dataset.name``, ``notes.backend``.
     """
-    metric = result.get("metrics", {}).get(name)
-    if metric is not None:
-        return metric["value"]
-    if name in result.get("params", {}):
-        return result["params"][name]
-    if "." in name and name not in result:
-        head, _, rest = name.partition(".")
-        inner = result.get(head)
-        return inner.get(rest) if isinstance(inner, dict) else None
-    return result.get(name)
+    return result.lookup(name)
 
 
-def failure_reason(result: dict[str, Any] | None, metric: str | None = None) -> str:
+def failure_reason(result: ResultRow | None, metric: str | None = None) -> str:
     """Why a result gives no value: 'not run', 'OOM', 'unavailable: no CUDA', ..."""
     if result is None:
         return "not run"
-    status = result.get("status", "")
-    if status == "ok":
+    status = result.status.value
+    if status == Status.OK:
         if metric and metric.startswith(("note ", "metrics ")):
             return f"no {metric}"
         return f"no metric {metric!r}" if metric else "no value"
-    word = STATUS_WORDS.get(status, status)
-    error = (result.get("error") or "").strip().splitlines()
+    word = STATUS_WORDS.get(Status(status), status)
+    error = (result.error or "").strip().splitlines()
     detail = error[-1].strip() if error else ""
-    if status == "oom" or not detail:
+    if status == Status.OOM or not detail:
         return word
     if detail.lower().startswith(word.lower()):
         return detail
     return f"{word}: {detail}"
 
 
-def axes_of(result: dict[str, Any]) -> tuple[Any, Any, Any]:
-    return (result.get("precision"), result.get("batch_size"), result.get("device"))
+def axes_of(result: ResultRow) -> tuple[Any, Any, Any]:
+    return (result.precision, result.batch_size, result.device)
 
 
-def dominant_axes(results: list[dict[str, Any]], match: Match) -> tuple[Any, Any, Any] | None:
+def dominant_axes(results: list[ResultRow], match: Match) -> tuple[Any, Any, Any] | None:
     """The most common (precision, batch size, device) among the results ``match`` accepts."""
     counts = Counter(axes_of(r) for r in results if match.accepts(r))
     return counts.most_common(1)[0][0] if counts else None
 
 
 def pick(
-    results: list[dict[str, Any]],
+    results: list[ResultRow],
     match: Match,
     metric: str | None = None,
     prefer_axes: tuple[Any, Any, Any] | None = None,
@@ -108,11 +120,11 @@ def pick(
     found = [r for r in results if match.accepts(r)]
     if not found:
         return None
-    found.sort(key=lambda r: (prefer_axes is None or axes_of(r) == prefer_axes, r.get("id", 0)))
-    with_metric = [r for r in found if r["status"] == "ok" and (metric is None or metric in r["metrics"])]
+    found.sort(key=lambda r: (prefer_axes is None or axes_of(r) == prefer_axes, r.id))
+    with_metric = [r for r in found if r.ok and (metric is None or metric in r.metrics)]
     if with_metric:
         return with_metric[-1]
-    ok = [r for r in found if r["status"] == "ok"]
+    ok = [r for r in found if r.ok]
     return (ok or found)[-1]
 
 
@@ -122,7 +134,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
-def _expand_rows(spec: TableSpec, results: list[dict[str, Any]]) -> list[RowSpec]:
+def _expand_rows(spec: TableSpec, results: list[ResultRow]) -> list[RowSpec]:
     rows = list(spec.rows)
     if spec.expand is None:
         return rows
@@ -140,11 +152,14 @@ def _expand_rows(spec: TableSpec, results: list[dict[str, Any]]) -> list[RowSpec
     return rows
 
 
-def _expanded_value(result: dict[str, Any], param: str) -> Any:
+def _expanded_value(result: ResultRow, param: str) -> Any:
     """The value an expanded row matches on: the parameter itself, even where a metric has its name
     (the selector's target ``density`` parameter vs its measured ``density``)."""
-    params = result.get("params", {})
-    return params[param] if param in params else result_value(result, param)
+    params = result.params
+    if param in params:
+        return params[param]
+    fields = result.identity.fields()  # an axis or field of the identity, never a metric of that name
+    return fields[param] if param in fields else result_value(result, param)
 
 
 def _hashable(value: Any) -> Any:
@@ -159,7 +174,7 @@ class _TableBuilder:
     def __init__(
         self,
         spec: TableSpec,
-        results: list[dict[str, Any]],
+        results: list[ResultRow],
         ref: RefTable | None,
         reference: Reference | None = None,
     ):
@@ -170,23 +185,51 @@ class _TableBuilder:
         self.rows = _expand_rows(spec, results)
         self.by_label = {row.label: row for row in self.rows}
         self.footnotes: list[str] = []
-        self.used: list[dict[str, Any]] = []
+        self.used: list[ResultRow] = []
+        self.seeded: set[int] = set()  # seed counts of the cells that averaged several seeds
+        self.row_keys = {r.key: r.identity.row_key for r in results}
         self.axes = dominant_axes(results, spec.match)
 
     def match_for(self, row: RowSpec, column: ColumnSpec) -> Match:
         return self.spec.match.merged(row.match).merged(column.match)
 
     def ours(self, row: RowSpec, column: ColumnSpec, metric: str) -> tuple[float | None, str]:
+        """Our value of ``metric`` in this cell (the mean over the row's seeds), or why there is none."""
+        value, _, _, reason = self.ours_spread(row, column, metric)
+        return value, reason
+
+    def ours_spread(self, row: RowSpec, column: ColumnSpec, metric: str) -> tuple[float | None, float | None, int, str]:
+        """(mean over the row's seeds, their std or None, number of seeds, why there is no value)."""
         metric = row.metric_for(metric)
         if not metric:
-            return None, "-"
-        result = pick(self.results, self.match_for(row, column), metric, self.axes)
+            return None, None, 0, "-"
+        match = self.match_for(row, column)
+        result = pick(self.results, match, metric, self.axes)
         if result is not None:
             self.used.append(result)
-        if result is not None and result["status"] == "ok" and metric in result["metrics"]:
-            value = float(result["metrics"][metric]["value"]) * column.scale
-            return (value / max(int(result.get("batch_size") or 1), 1) if column.per_image else value), ""
-        return None, failure_reason(result, metric)
+        if result is None or not result.ok or metric not in result.metrics:
+            return None, None, 0, failure_reason(result, metric)
+        values = [self._cell_value(r, metric, column) for r in self.seeds_of(result, match, metric)]
+        mean, std = seed_spread(values)
+        return mean, std, len(values), ""
+
+    def seeds_of(self, chosen: ResultRow, match: Match, metric: str) -> list[ResultRow]:
+        """``chosen`` and its row's other training seeds that ``match`` accepts and that recorded
+        ``metric`` (the newest result per seed)."""
+        row_key = self.row_keys[chosen.key]
+        per_seed: dict[int, ResultRow] = {}
+        for r in sorted(self.results, key=lambda r: r.id):
+            if r.ok and metric in r.metrics and self.row_keys[r.key] == row_key and match.accepts(r):
+                per_seed[r.identity.seed] = r
+        if len(per_seed) > 1:
+            self.seeded.add(len(per_seed))
+            self.used.extend(per_seed.values())
+        return list(per_seed.values()) or [chosen]
+
+    @staticmethod
+    def _cell_value(result: ResultRow, metric: str, column: ColumnSpec) -> float:
+        value = float(result.metrics[metric].value) * column.scale
+        return value / max(int(result.batch_size or 1), 1) if column.per_image else value
 
     def paper(self, row: RowSpec | None, column_key: str | None) -> float | None:
         cell = self.paper_cell(row, column_key)
@@ -204,11 +247,15 @@ class _TableBuilder:
     def cell(self, row: RowSpec, column: ColumnSpec) -> Cell:
         kind = column.kind
         if kind == "value":
-            ours, reason = self.ours(row, column, column.metric)
+            ours, std, seeds, reason = self.ours_spread(row, column, column.metric)
             ref_cell = self.paper_cell(row, column.ref)
-            return self._cell(
+            cell = self._cell(
                 ours, reason, ref_cell.value if ref_cell else None, ref_cell.text if ref_cell else "", column
             )
+            if seeds > 1 and ours is not None:
+                cell.std, cell.seeds = std, seeds
+                cell.ours_text = f"{_fmt(ours, column.format)} \u00b1 {_fmt(std, column.format)}"
+            return cell
         if kind in ("speedup", "ratio", "delta"):
             base_label = row.base or column.base
             base = self.by_label.get(base_label or "")
@@ -266,12 +313,9 @@ class _TableBuilder:
         paper_y = self.paper(row, column.ref)
         curve_match = self.match_for(row, column).without(column.vary)
         points = sorted(
-            (float(r["metrics"][column.x]["value"]), float(r["metrics"][column.metric]["value"]))
+            (float(r.metrics[column.x].value), float(r.metrics[column.metric].value))
             for r in self.results
-            if curve_match.accepts(r)
-            and r["status"] == "ok"
-            and column.x in r["metrics"]
-            and column.metric in r["metrics"]
+            if curve_match.accepts(r) and r.ok and column.x in r.metrics and column.metric in r.metrics
         )
         if paper_x is None:
             return self._cell(None, "paper gives no x", paper_y, "", column)
@@ -328,7 +372,7 @@ def _gap_closed(value: float | None, lr: float | None, hr: float | None) -> floa
     return 100.0 * (value - lr) / (hr - lr)
 
 
-def _header(column: ColumnSpec, results: list[dict[str, Any]], ref: RefTable | None) -> str:
+def _header(column: ColumnSpec, results: list[ResultRow], ref: RefTable | None) -> str:
     base = column.base or "base row"
     if column.kind == "speedup":
         return f"{column.label} (x vs {base})"
@@ -340,9 +384,9 @@ def _header(column: ColumnSpec, results: list[dict[str, Any]], ref: RefTable | N
         return f"{column.label} gap closed (% of {column.lr}->{column.hr})"
     unit = ""
     for r in results:
-        m = r.get("metrics", {}).get(column.metric)
-        if m and m.get("unit"):
-            unit = m["unit"]
+        m = r.metrics.get(column.metric)
+        if m and m.unit:
+            unit = m.unit
             break
     if (not unit or column.scale != 1.0) and ref is not None and column.ref in ref.columns:
         unit = ref.columns[column.ref].unit
@@ -356,17 +400,22 @@ def _describe_context(context: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in context.items())
 
 
-def _ours_context(used: list[dict[str, Any]]) -> str:
+def _ours_context(used: list[ResultRow], seed_counts: set[int] | None = None) -> str:
+    """The settings of the results a table shows. The axes are read from each unit's identity, never
+    from its metrics (the selectors record a metric named ``precision``)."""
     if not used:
         return "no results"
     parts = []
-    datasets = sorted({_dataset_text(r.get("dataset", {})) for r in used})
+    datasets = sorted({_dataset_text(r.dataset) for r in used})
     if any(datasets):
         parts.append("dataset=" + "; ".join(d for d in datasets if d))
     for key in ("device", "precision", "batch_size", "scale"):
-        values = sorted({str(r.get(key)) for r in used if r.get(key) is not None})
+        values = sorted({str(r.scale_name if key == "scale" else r.identity.axes[key]) for r in used})
         if values:
             parts.append(f"{key}=" + "/".join(values))
+    if seed_counts:
+        counts = "/".join(str(n) for n in sorted(seed_counts))
+        parts.append(f"seeds={counts} per row (mean \u00b1 std)")
     return ", ".join(parts)
 
 
@@ -377,20 +426,24 @@ def _dataset_text(dataset: dict[str, Any]) -> str:
     return str(name)
 
 
-def build_table(spec: TableSpec, results: list[dict[str, Any]], default_paper: str | None = None) -> BuiltTable:
+def build_table(spec: TableSpec, results: list[ResultRow], default_paper: str | None = None) -> BuiltTable:
     paper = spec.reference_paper or default_paper
     reference = load_reference(paper) if (paper and spec.reference_table) else None
     ref = reference.table(spec.reference_table) if (reference and spec.reference_table) else None
     builder = _TableBuilder(spec, results, ref, reference)
     cells = [[builder.cell(row, column) for column in spec.columns] for row in builder.rows]
+    labels = [row.label for row in builder.rows]
     notes = list(spec.notes)
+    ties = mark_within_spread(cells, labels, [c.label for c in spec.columns])
+    if builder.seeded:
+        notes.append(SPREAD_RULE + (": " + "; ".join(ties) if ties else "; no two rows are within it") + ".")
     context_lines = []
     if ref is not None:
         context_lines.append(f"Paper ({paper} {ref.id}): {_describe_context(ref.context)}")
         notes.extend(ref.notes)
     elif spec.reference_table:
         context_lines.append(f"Paper reference {paper}:{spec.reference_table} not found in suites/reference/")
-    context_lines.append(f"Ours: {_ours_context(builder.used)}")
+    context_lines.append(f"Ours: {_ours_context(builder.used, builder.seeded)}")
     return BuiltTable(
         spec=spec,
         title=spec.title,
@@ -405,26 +458,44 @@ def build_table(spec: TableSpec, results: list[dict[str, Any]], default_paper: s
     )
 
 
-def generic_table(results: list[dict[str, Any]]) -> BuiltTable | None:
+def mark_within_spread(cells: list[list[Cell]], row_labels: list[str], column_labels: list[str]) -> list[str]:
+    """Mark every value cell that lies within the seeds' spread of another row's in its column (its
+    text gets the mark, ``within_spread`` the other rows); return the pairs as 'column: A ~ B'."""
+    pairs = []
+    for j, column in enumerate(column_labels):
+        for a in range(len(cells)):
+            for b in range(a + 1, len(cells)):
+                first, second = cells[a][j], cells[b][j]
+                if not within_spread(first, second):
+                    continue
+                pairs.append(f"{column}: {row_labels[a]} ~ {row_labels[b]}")
+                for cell, other in ((first, row_labels[b]), (second, row_labels[a])):
+                    if not cell.within_spread:
+                        cell.ours_text += f" {SPREAD_MARK}"
+                    cell.within_spread += (other,)
+    return pairs
+
+
+def generic_table(results: list[ResultRow]) -> BuiltTable | None:
     """All results, one row per unit, for suites without a layout."""
     if not results:
         return None
     metrics: list[str] = []
     for r in results:
-        for name in r.get("metrics", {}):
+        for name in r.metrics:
             if name not in metrics:
                 metrics.append(name)
     from harness.reports.layout import ColumnSpec as Col
 
     columns = tuple(Col(metric=m, label=m, ref=None, format=".4g") for m in metrics[:8])
     varying = _varying_params(results)
-    trials = {r.get("trial") for r in results}
+    trials = {r.trial for r in results}
     rows = []
-    for r in sorted(results, key=lambda r: r.get("id", 0)):
-        params = ", ".join(f"{k}={r['params'][k]}" for k in varying if k in r.get("params", {}))
-        axes = f"{r.get('precision')}/b{r.get('batch_size')}/{r.get('device')}"
-        trial = r.get("trial", "") if len(trials) > 1 else ""
-        label = " ".join(x for x in (trial, r.get("label") or "", params, axes) if x)
+    for r in sorted(results, key=lambda r: r.id):
+        params = ", ".join(f"{k}={r.params[k]}" for k in varying if k in r.params)
+        axes = f"{r.precision}/b{r.batch_size}/{r.device}"
+        trial = r.trial if len(trials) > 1 else ""
+        label = " ".join(x for x in (trial, r.label or "", params, axes) if x)
         rows.append((label, r))
     spec = TableSpec(
         id="all",
@@ -440,11 +511,11 @@ def generic_table(results: list[dict[str, Any]]) -> BuiltTable | None:
     for _, r in rows:
         line = []
         for column in spec.columns:
-            if r["status"] == "ok" and column.metric in r["metrics"]:
-                value = float(r["metrics"][column.metric]["value"])
+            if r.ok and column.metric in r.metrics:
+                value = float(r.metrics[column.metric].value)
                 line.append(Cell(value, _fmt(value, column.format)))
             else:
-                reason = failure_reason(r, column.metric) if r["status"] != "ok" else ""
+                reason = failure_reason(r, column.metric) if not r.ok else ""
                 line.append(Cell(None, short_reason(reason, footnotes), reason=reason))
         cells.append(line)
     headers = [_header(c, results, None) for c in spec.columns]
@@ -457,11 +528,33 @@ def generic_table(results: list[dict[str, Any]]) -> BuiltTable | None:
     )
 
 
-def _varying_params(results: list[dict[str, Any]]) -> list[str]:
+def unit_times_table(results: list[ResultRow]) -> BuiltTable | None:
+    """Every unit the report shows, with how it ended and its wall time (training included), and the
+    total: where a run's time went (``harness run --dry-run`` estimates from the same stored times)."""
+    if not results:
+        return None
+    from harness.reports.layout import ColumnSpec as Col
+
+    column = Col(metric="wall_time", label="wall time (s)", ref=None, format=".1f")
+    spec = TableSpec("unit_times", "Wall time per unit", None, None, Match(), (), (column,))
+    ordered = sorted(results, key=lambda r: r.id)
+    labels, cells = [], []
+    for r in ordered:
+        seconds = r.duration_s
+        labels.append(r.describe() + ("" if r.ok else f" ({r.status.value})"))
+        cells.append([Cell(seconds, _fmt(seconds, column.format)) if seconds is not None else Cell(None, "-")])
+    total = sum(r.duration_s or 0.0 for r in ordered)
+    context = [f"{len(ordered)} units, {total:.1f} s in all ({total / 60:.1f} min); runs: "
+               + ", ".join(str(i) for i in sorted({r.run_id for r in ordered}))]  # fmt: skip
+    return BuiltTable(spec, spec.title, labels, [_header(column, [], None)], cells, has_reference=False,
+                      context_lines=context)  # fmt: skip
+
+
+def _varying_params(results: list[ResultRow]) -> list[str]:
     """Parameter names whose value differs between results (the others would only repeat)."""
     values: dict[str, set[str]] = {}
     for r in results:
-        for key, value in r.get("params", {}).items():
+        for key, value in r.params.items():
             values.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
-    n_trials = len({r.get("trial") for r in results})
+    n_trials = len({r.trial for r in results})
     return sorted(k for k, v in values.items() if len(v) > 1 or n_trials > 1)

@@ -1,10 +1,16 @@
 """Low- and high-resolution dense baselines (SparseRefine §3.1), trained once and cached.
 
 - "hr": trained and run at full resolution.
-- "lr": trained and run on images downsampled x2 (area averaging of the normalised image; labels
-  downsampled by nearest neighbour); its logits and features are upsampled x2 with NEAREST
-  interpolation to full resolution, so every 2x2 block of the output is constant.
-Both kinds use the same architecture.
+- "lr": trained and run on images downsampled x2 (area averaging of the normalised image, an odd
+  side first padded by repeating its last row/column; labels downsampled by nearest neighbour); its
+  logits and features are upsampled x2 with NEAREST interpolation to full resolution, so every 2x2
+  block of the output is constant.
+Both kinds use the same architecture. Training reads the train split image by image
+(:class:`SplitTrainingImages`): the split is never stacked in memory.
+
+Every frozen baseline (these, and the checkpoint ones of :mod:`methods.baselines.frozen`) offers
+``predict_grid`` (outputs on the model's own grid, :class:`GridOutputs`) and ``predict`` (full
+resolution).
 """
 
 from __future__ import annotations
@@ -43,10 +49,35 @@ def model_input(images_uint8: torch.Tensor, kind: str) -> torch.Tensor:
     x = normalize(images_uint8)
     if kind == "lr":
         height, width = x.shape[-2:]
-        if height % LR_FACTOR or width % LR_FACTOR:
-            raise ValueError(f"LR baseline needs an image size divisible by {LR_FACTOR}, got {height}x{width}")
+        pad_bottom, pad_right = -height % LR_FACTOR, -width % LR_FACTOR
+        if pad_bottom or pad_right:
+            squeeze = x.dim() == 3
+            x = F.pad(x.unsqueeze(0) if squeeze else x, (0, pad_right, 0, pad_bottom), mode="replicate")
+            x = x[0] if squeeze else x
         x = F.avg_pool2d(x, LR_FACTOR)
     return x
+
+
+@dataclass
+class GridOutputs:
+    """A batch's outputs on the model's grid: full resolution / ``factor`` (ceil on odd sides).
+    ``magnitude`` is the L2 norm of the penultimate features; ``features`` None if not exposed."""
+
+    logits: torch.Tensor  # fp32 [B, C, h, w]
+    magnitude: torch.Tensor  # fp32 [B, h, w]
+    features: torch.Tensor | None  # fp32 [B, F, h, w]
+    factor: int
+
+
+def to_full_resolution(grid: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
+    """NEAREST upsampling of a grid by ``factor``, cropped to ``size`` (H, W)."""
+    if factor > 1:
+        grid = grid.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return grid[..., : size[0], : size[1]].contiguous()
+
+
+def grid_factor(kind: str) -> int:
+    return LR_FACTOR if kind == "lr" else 1
 
 
 def model_labels(labels: torch.Tensor, kind: str) -> torch.Tensor:
@@ -80,29 +111,67 @@ class BaselineModel:
         """The size the network itself sees for a full-resolution image of ``height x width``."""
         return (height // LR_FACTOR, width // LR_FACTOR) if self.kind == "lr" else (height, width)
 
+    @property
+    def grid_factor(self) -> int:
+        return grid_factor(self.kind)
+
     @torch.inference_mode()
-    def predict(self, images_uint8: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images [B,3,H,W] -> (logits [B,C,H,W], penultimate features [B,F,H,W]), float32, at
-        full resolution. LR outputs are nearest-upsampled from half resolution."""
+    def predict_grid(self, images_uint8: torch.Tensor, bf16: bool = False) -> GridOutputs:
+        """uint8 images [B,3,H,W] -> outputs at the network's input resolution (half for "lr")."""
         self.module.eval()
         x = model_input(images_uint8, self.kind).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits, feats = self.module.forward_with_features(x)
-        logits, feats = logits.float(), feats.float()
-        if self.kind == "lr":
-            size = images_uint8.shape[-2:]
-            logits = F.interpolate(logits, size=size, mode="nearest")
-            feats = F.interpolate(feats, size=size, mode="nearest")
-        return logits.contiguous(), feats.contiguous()
+        logits, feats = logits.float().contiguous(), feats.float().contiguous()
+        return GridOutputs(logits, torch.linalg.vector_norm(feats, dim=1), feats, self.grid_factor)
+
+    @torch.inference_mode()
+    def predict(self, images_uint8: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images [B,3,H,W] -> (logits [B,C,H,W], penultimate features [B,F,H,W]), float32, at
+        full resolution. LR outputs are nearest-upsampled from half resolution."""
+        grid = self.predict_grid(images_uint8, bf16=bf16)
+        size = tuple(images_uint8.shape[-2:])
+        assert grid.features is not None
+        return to_full_resolution(grid.logits, grid.factor, size), to_full_resolution(grid.features, grid.factor, size)
 
 
-def load_split(dataset_spec: dict[str, Any], split: str) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """All samples of a split stacked: (uint8 images [N,3,H,W], int64 labels [N,H,W], class names)."""
-    from methods.datasets import build_dataset
+class SplitTrainingImages:
+    """The train split as a baseline sees it, read image by image: model inputs (normalised, x2
+    downsampled for "lr"; bf16 when training in bf16, as autocast casts them at the first conv
+    anyway) and labels at the model's resolution."""
 
-    dataset = build_dataset(dataset_spec, split)
-    images, labels, _ = dataset.batch(range(len(dataset)))
-    return images, labels, tuple(dataset.classes)
+    def __init__(self, dataset_spec: dict[str, Any], kind: str, bf16: bool):
+        from methods.datasets import build_dataset
+
+        self.dataset = build_dataset(dataset_spec, "train")
+        self.kind = kind
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
+        self.classes = tuple(self.dataset.classes)
+        self._reference: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.dataset[index]
+        inputs = model_input(sample.image.unsqueeze(0), self.kind)[0].to(self.dtype)
+        return inputs, model_labels(sample.label, self.kind).to(torch.uint8)
+
+    def reference_size(self) -> tuple[int, int]:
+        """The first image's size at the model's resolution (crop sizes are fractions of it)."""
+        if self._reference is None:
+            self._reference = tuple(self.load(0)[1].shape)  # type: ignore[assignment]
+        return self._reference  # type: ignore[return-value]
+
+    def class_counts(self, num_classes: int) -> torch.Tensor:
+        from methods.baselines.training import label_counts
+        from methods.datasets.loading import iterate_samples
+
+        counts = torch.zeros(num_classes, dtype=torch.int64)
+        for batch in iterate_samples(self.dataset, range(len(self.dataset)), batch_size=4):
+            for sample in batch:
+                counts += label_counts(model_labels(sample.label, self.kind), num_classes)
+        return counts
 
 
 def dataset_identity(dataset_spec: dict[str, Any]) -> dict[str, Any]:
@@ -138,20 +207,16 @@ def _build_baseline(
     config: dict[str, Any], dataset_spec: dict[str, Any], progress: Callable[[str], None]
 ) -> dict[str, Any]:
     kind = config["kind"]
-    progress(f"loading training split for the {kind.upper()} baseline")
-    images, labels, classes = load_split(dataset_spec, "train")
-    inputs = torch.cat([model_input(images[i : i + 4], kind) for i in range(0, len(images), 4)])
-    # Inputs are cast to bf16 by autocast at the first conv anyway; storing them so halves memory.
     train = TrainConfig(**config["train"])
-    inputs = inputs.to(torch.bfloat16 if train.bf16 else torch.float32)
-    targets = model_labels(labels, kind).to(torch.uint8)
-    del images, labels
+    source = SplitTrainingImages(dataset_spec, kind, train.bf16)
+    classes = source.classes
+    progress(f"training the {kind.upper()} baseline on {len(source)} images, read per batch")
     torch.manual_seed(config["seed"])
     module = SegCNN(len(classes), config["arch"])
     result = train_segmentation_model(
         module,
-        inputs,
-        targets,
+        source,
+        None,
         train,
         seed=config["seed"],
         progress=progress,

@@ -3,7 +3,7 @@
 Encoder: a strided 3x3 stem (OS 2), then residual stages to OS 4, 8 and 16. Decoder: FPN-style
 top-down path (1x1 laterals, bilinear upsampling, sums) to OS 4, one 3x3 fusion conv (its output is
 the "penultimate feature" map) and a 1x1 classifier; logits are bilinearly upsampled to the input.
-Every conv is followed by its BN inside an ``nn.Sequential`` so ``harness.timing.fold_batchnorm``
+Every conv is followed by its BN inside an ``nn.Sequential`` so ``harness.devices.fold_batchnorm``
 folds all of them.
 """
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import timing
 from harness.context import TrialContext
 from harness.errors import Unavailable
 from harness.registry import Metric, Param, trial
@@ -80,17 +79,21 @@ def parameter_count(model: nn.Module) -> int:
 )
 def evaluate_trial(ctx: TrialContext) -> None:
     from methods.datasets import build_dataset
+    from methods.datasets.loading import iterate_samples, same_size_runs, worker_count
     from methods.metrics import ConfusionMatrix
 
     kind, arch = ctx.params["kind"], ctx.params["arch"]
-    model = trained_baseline(kind, ctx.dataset, ctx.scale, ctx.artifacts_dir, ctx.progress, arch=arch, seed=ctx.seed)
+    model = _evaluated_baseline(ctx, kind, arch)
     dataset = build_dataset(ctx.dataset, "val")
     matrix = ConfusionMatrix(dataset.num_classes, dataset.ignore_index)
-    for start in range(0, len(dataset), EVAL_BATCH):
-        ctx.progress(f"evaluating {kind.upper()} baseline: image {start + 1}/{len(dataset)}")
-        images, labels, _ = dataset.batch(range(start, min(start + EVAL_BATCH, len(dataset))))
-        logits, _ = model.predict(images)
-        matrix.update(logits.argmax(1), labels)
+    done = 0
+    batches = iterate_samples(dataset, range(len(dataset)), EVAL_BATCH, worker_count(ctx.scale))
+    for batch in batches:
+        ctx.progress(f"evaluating {kind.upper()} baseline: image {done + 1}/{len(dataset)}")
+        for run in same_size_runs(batch):  # each image at its own size
+            logits, _ = model.predict(torch.stack([s.image for s in run]))
+            matrix.update(logits.argmax(1), torch.stack([s.label for s in run]))
+        done += len(batch)
     ctx.record("miou", matrix.miou())
     ctx.record("miou_absent_as_zero", matrix.miou_absent_as_zero())
     ctx.record("pixel_accuracy", matrix.pixel_accuracy())
@@ -100,11 +103,38 @@ def evaluate_trial(ctx: TrialContext) -> None:
             absent.append(name)
         else:
             ctx.record(f"iou_{name.replace(' ', '_')}", iou, unit="%", better="higher")
-    ctx.record("train_seconds", model.train_seconds)
-    ctx.record("train_seconds_per_iter", model.seconds_per_iter)
+    ctx.record("train_seconds", getattr(model, "train_seconds", float("nan")))  # nan: trained elsewhere
+    ctx.record("train_seconds_per_iter", getattr(model, "seconds_per_iter", float("nan")))
     ctx.note("absent_classes", absent)
-    ctx.note("training", {**model.config["train"], "final_loss": _mean_tail(model.losses)})
+    if "train" in model.config:
+        ctx.note("training", {**model.config["train"], "final_loss": _mean_tail(model.losses)})
+    else:  # a checkpoint baseline: trained elsewhere
+        ctx.note("baseline", model.config)
     ctx.note("val_images", len(dataset))
+
+
+def _named_baseline(ctx: TrialContext, kind: str) -> bool:
+    """Whether the suite's ``baselines:`` block names the ``kind`` baseline (else the trial's own
+    parameters choose it)."""
+    return bool((getattr(ctx, "baselines", {}) or {}).get(kind))
+
+
+def _evaluated_baseline(ctx: TrialContext, kind: str, arch: str):
+    if not _named_baseline(ctx, kind):
+        return trained_baseline(kind, ctx.dataset, ctx.scale, ctx.artifacts_dir, ctx.progress, arch=arch, seed=ctx.seed)
+    from methods.baselines.frozen import frozen_baseline
+
+    return frozen_baseline(
+        kind,
+        ctx.baselines,
+        ctx.dataset,
+        ctx.scale,
+        ctx.artifacts_dir,
+        ctx.progress,
+        ctx.seed,
+        trusted=ctx.trust_checkpoints,
+        device=ctx.device,
+    )
 
 
 def _mean_tail(values: list[float], fraction: float = 0.1) -> float:
@@ -149,9 +179,14 @@ def _input_size(kind: str, height: int, width: int) -> tuple[int, int]:
 def latency_trial(ctx: TrialContext) -> None:
     name, kind = ctx.params["model"], ctx.params["kind"]
     height, width = ctx.params["height"], ctx.params["width"]
-    timing.check_device(ctx.device)
-    ctx.progress(f"building {name}")
-    model = build_model(name)
+    if _named_baseline(ctx, kind):  # the suite's frozen baseline, with its checkpoint's weights
+        frozen = _evaluated_baseline(ctx, kind, "small")
+        name = getattr(frozen, "arch", None) or str(frozen.config["model"])
+        model = frozen.module
+        ctx.note("baseline", frozen.config.get("model", f"embedded:{name}"))
+    else:
+        ctx.progress(f"building {name}")
+        model = build_model(name)
     ctx.record("params_m", parameter_count(model) / 1e6)
     in_h, in_w = _input_size(kind, height, width)
     runner = LowResolutionRunner(model, (height, width)) if kind == "lr" else model
@@ -159,19 +194,10 @@ def latency_trial(ctx: TrialContext) -> None:
     # tensors inside their forward (position encodings, NMF bases), so they keep fp32 weights and run
     # under autocast, which is how mmseg itself runs reduced precision.
     use_autocast = name not in ARCH_NAMES and ctx.precision != "fp32"
-    weights_precision = "fp32" if use_autocast else ctx.precision
-    timing.probe_precision(ctx.precision, ctx.device)
-    runner = timing.prepare_for_latency(runner, precision=weights_precision, device=ctx.device)
     generator = torch.Generator().manual_seed(ctx.seed)
     x = torch.randn(ctx.batch_size, 3, in_h, in_w, generator=generator)
-    x = timing.prepare_input(x, precision=weights_precision, device=ctx.device)
-
-    def forward() -> torch.Tensor:
-        with timing.autocast(ctx.precision if use_autocast else "fp32", ctx.device):
-            return runner(x)
-
     ctx.progress(f"timing {name} ({kind}, {in_h}x{in_w}, {ctx.precision}, batch {ctx.batch_size})")
-    ctx.measure("latency", forward)
+    ctx.time_model("latency", runner, x, autocast=use_autocast)
     ctx.note("input_size", [in_h, in_w])
     ctx.note("precision_mode", "autocast" if use_autocast else "cast")
     ctx.note("threads", torch.get_num_threads())

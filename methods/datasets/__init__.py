@@ -1,19 +1,26 @@
-"""Datasets: the embedded procedural street scenes (default) and real Cityscapes / ADE20K / VOC layouts.
+"""Datasets: the embedded procedural street scenes (default) and real datasets in their official layouts.
 
 ``build_dataset(spec, split)`` takes a suite's dataset dict (``ctx.dataset``):
 
 - ``{"name": "embedded", "height": 512, "width": 1024, "num_train": 64, "num_val": 16, "seed": 0,
   "cache_dir": "results/cache"}`` (all keys but name optional; ``cache_dir: null`` disables caching);
-- ``{"name": "cityscapes" | "ade20k" | "voc", "root": PATH}`` plus optional ``height``/``width``
-  (resize: bilinear image, nearest label) and ``num_train``/``num_val`` (use the first N files).
-  ``seed`` and ``cache_dir`` are accepted and unused, so one suite can switch datasets by name.
+- ``{"name": NAME, "root": PATH}`` for NAME in cityscapes, ade20k, voc, bdd100k, deepglobe, isic2018,
+  sunrgbd (layouts: :mod:`methods.datasets.catalog`), plus optional ``height``/``width`` (resize:
+  bilinear image, nearest label), ``num_train``/``num_val`` (use the first N files) and the dataset's
+  own keys (sunrgbd ``classes: 37 | 13``, deepglobe ``split_rule: hash | glnet``). ``seed`` and
+  ``cache_dir`` are accepted and unused, so one suite can switch datasets by name.
+
+A real dataset without ``root`` raises :class:`harness.errors.Unavailable` (its units end
+``unavailable``: the data is not on this machine); a ``root`` that is given but missing or malformed is
+a :class:`harness.errors.UserError` naming the path.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from harness.errors import UserError
+from harness.errors import Unavailable, UserError
+from harness.registry import settings_validator
 from methods.datasets.base import (
     IGNORE_INDEX,
     MMSEG_MEAN,
@@ -23,6 +30,7 @@ from methods.datasets.base import (
     collate,
     normalize,
 )
+from methods.datasets.catalog import REAL_LAYOUTS, build_real_dataset, layout_options
 from methods.datasets.embedded import (
     EMBEDDED_CLASSES,
     GENERATOR_VERSION,
@@ -31,7 +39,6 @@ from methods.datasets.embedded import (
     check_size,
     generate_scene,
 )
-from methods.datasets.real import REAL_LAYOUTS, build_real_dataset
 
 __all__ = [
     "EMBEDDED_CLASSES",
@@ -51,7 +58,10 @@ __all__ = [
 
 SPLITS = ("train", "val")
 _COMMON_KEYS = {"name", "height", "width", "num_train", "num_val", "cache_dir", "seed"}
-_KEYS = {"embedded": _COMMON_KEYS, **{name: _COMMON_KEYS | {"root"} for name in REAL_LAYOUTS}}
+_KEYS = {
+    "embedded": _COMMON_KEYS,
+    **{name: _COMMON_KEYS | {"root"} | set(layout.options) for name, layout in REAL_LAYOUTS.items()},
+}
 _INT_KEYS = ("height", "width", "num_train", "num_val", "seed")
 
 
@@ -76,7 +86,18 @@ def _check_spec(spec: dict[str, Any]) -> str:
     cache_dir = spec.get("cache_dir")
     if cache_dir is not None and not isinstance(cache_dir, str):
         raise UserError(f"dataset key 'cache_dir' must be a path string or null, got {cache_dir!r}")
+    root = spec.get("root")
+    if root is not None and not isinstance(root, str):
+        raise UserError(f"dataset key 'root' must be a path string, got {root!r}")
+    if name != "embedded":
+        if (spec.get("height") is None) != (spec.get("width") is None):
+            raise UserError(f"dataset {name}: give both height and width to resize, or neither")
+        layout_options(name, spec)
     return name
+
+
+# Checked at suite load (after --set overrides), so a bad key or value fails before anything runs.
+settings_validator("dataset")(_check_spec)
 
 
 def build_dataset(spec: dict[str, Any], split: str) -> SegDataset:
@@ -99,15 +120,13 @@ def build_dataset(spec: dict[str, Any], split: str) -> SegDataset:
         except ValueError as exc:
             raise UserError(f"embedded dataset: {exc}") from None
         return EmbeddedDataset(config, split)
+    height, width = spec.get("height"), spec.get("width")
     root = spec.get("root")
     if not root:
-        raise UserError(f"dataset {name} needs 'root': the directory holding its files")
-    height, width = spec.get("height"), spec.get("width")
-    if (height is None) != (width is None):
-        raise UserError(f"dataset {name}: give both height and width to resize, or neither")
+        raise Unavailable(f"dataset {name} is not on this machine: no root given (set dataset.root=PATH)")
     size = (height, width) if height is not None else None
     limit = spec.get("num_train" if split == "train" else "num_val")
-    return build_real_dataset(name, root, split, size=size, limit=limit)
+    return build_real_dataset(name, root, split, size=size, limit=limit, options=spec)
 
 
 def dataset_identity(spec: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +134,7 @@ def dataset_identity(spec: dict[str, Any]) -> dict[str, Any]:
     generator's version. Put it in artifact cache keys so a generator change invalidates them."""
     name = _check_spec(spec)
     if name != "embedded":
-        return dict(spec)
+        return {**dict(spec), **layout_options(name, spec)}
     defaults = EmbeddedConfig()
     resolved = {
         key: spec.get(key, getattr(defaults, key)) for key in ("height", "width", "num_train", "num_val", "seed")

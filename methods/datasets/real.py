@@ -1,16 +1,21 @@
-"""Loaders for real datasets in their official on-disk layouts: Cityscapes, ADE20K, Pascal VOC 2012.
+"""Real datasets in their official on-disk layouts: the shared machinery (image/label file pairs, label
+decoding, resizing) and the Cityscapes, ADE20K and Pascal VOC 2012 layouts.
 
-Labels are converted to contiguous train ids with 255 = ignore:
+Labels are decoded to contiguous train ids with 255 = ignore:
 Cityscapes labelIds -> the official 19 trainIds; ADE20K "reduce zero label" (0 -> 255, k -> k-1);
 VOC palette indices are the class ids already (255 = object border).
-A missing or malformed dataset raises :class:`harness.errors.UserError` naming what and where.
+The other layouts (BDD100K, DeepGlobe, ISIC 2018, SUN-RGBD) live in their own modules and all are
+registered in :mod:`methods.datasets.catalog`. Files are read per item: a dataset holds only its list
+of file paths. A missing or malformed dataset raises :class:`harness.errors.UserError` naming what and
+where.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -54,24 +59,90 @@ VOC_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def cityscapes_lut() -> np.ndarray:
+def index_lut(mapping: Mapping[int, int]) -> np.ndarray:
+    """A 256-entry lookup table: stored label value -> train id, every value not in ``mapping`` -> 255."""
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for label_id, train_id in CITYSCAPES_LABEL_TO_TRAIN.items():
-        lut[label_id] = train_id
+    for value, train_id in mapping.items():
+        lut[value] = train_id
     return lut
+
+
+def cityscapes_lut() -> np.ndarray:
+    return index_lut(CITYSCAPES_LABEL_TO_TRAIN)
 
 
 def reduce_zero_label_lut(num_classes: int = len(ADE20K_CLASSES)) -> np.ndarray:
     """0 (ADE's "other") -> 255, k -> k-1 for k in 1..num_classes; anything else -> 255."""
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    lut[1 : num_classes + 1] = np.arange(num_classes, dtype=np.uint8)
-    return lut
+    return index_lut({k: k - 1 for k in range(1, num_classes + 1)})
 
 
 def voc_lut() -> np.ndarray:
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    lut[: len(VOC_CLASSES)] = np.arange(len(VOC_CLASSES), dtype=np.uint8)
-    return lut
+    return index_lut({k: k for k in range(len(VOC_CLASSES))})
+
+
+# --- label decoding -----------------------------------------------------------------------------------
+
+
+class LabelCodec(Protocol):
+    """How a dataset stores its labels: the class names and the decoding of one label file."""
+
+    classes: tuple[str, ...]
+
+    def decode(self, image: Image.Image, path: Path, dataset: str) -> np.ndarray:
+        """The label file's train ids (uint8 [H,W], 255 = ignore)."""
+        ...
+
+
+@dataclass(frozen=True)
+class IndexedLabels:
+    """Single-channel labels (grey or palette PNG) whose values map to train ids through ``lut``."""
+
+    classes: tuple[str, ...]
+    lut: np.ndarray = field(repr=False)
+    palette_only: bool = False  # VOC: the official masks are palette-indexed; an RGB rendering is an error
+
+    def decode(self, image: Image.Image, path: Path, dataset: str) -> np.ndarray:
+        if self.palette_only and image.mode not in ("P", "L"):
+            raise UserError(f"{dataset}: {path} is a {image.mode} PNG, expected a palette-indexed PNG")
+        if image.mode not in ("P", "L", "I", "I;16"):
+            raise UserError(f"{dataset}: label {path} has mode {image.mode}, expected a single channel")
+        raw = np.asarray(image)
+        if raw.max(initial=0) > 255:
+            raise UserError(f"{dataset}: label {path} holds values above 255")
+        return self.lut[raw.astype(np.uint8)]
+
+
+@dataclass(frozen=True)
+class ColourCodedLabels:
+    """RGB masks whose colours name the classes, every channel 0 or 255 (DeepGlobe). Each channel is
+    binarised at ``threshold`` first (the masks are not exactly 0/255 after compression); a colour
+    that names no class -> 255."""
+
+    classes: tuple[str, ...]
+    colours: tuple[tuple[int, int, int], ...]  # colour of class i
+    threshold: int = 128
+
+    def __post_init__(self) -> None:
+        if len(self.colours) != len(self.classes):
+            raise ValueError("one colour per class")
+        if any(c not in (0, 255) for colour in self.colours for c in colour):
+            raise ValueError("colour-coded classes must use channel values 0 or 255")
+
+    def code_lut(self) -> np.ndarray:
+        """3-bit colour code (R*4 + G*2 + B, each bit = channel >= threshold) -> train id."""
+        lut = np.full(8, IGNORE_INDEX, dtype=np.uint8)
+        for train_id, (r, g, b) in enumerate(self.colours):
+            lut[(r // 255) * 4 + (g // 255) * 2 + b // 255] = train_id
+        return lut
+
+    def decode(self, image: Image.Image, path: Path, dataset: str) -> np.ndarray:
+        if image.mode not in ("RGB", "RGBA", "P"):
+            raise UserError(f"{dataset}: label {path} has mode {image.mode}, expected an RGB colour-coded mask")
+        bits = (np.asarray(image.convert("RGB")) >= self.threshold).astype(np.uint8)
+        return self.code_lut()[bits[..., 0] * 4 + bits[..., 1] * 2 + bits[..., 2]]
+
+
+# --- files --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -81,32 +152,39 @@ class LabelledFile:
     name: str
 
 
-def _require_dir(path: Path, dataset: str, what: str) -> Path:
+def require_dir(path: Path, dataset: str, what: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{dataset}: missing {what} directory {path}")
     return path
 
 
-class FilePairDataset(SegDataset):
-    """Image/label file pairs with a label lookup table, optional resize and a sample limit."""
+def pair_files(
+    image_dir: Path, pattern: str, label_of: Callable[[Path], Path], dataset: str, name_of: Callable[[Path], str]
+) -> list[LabelledFile]:
+    """Every image under ``image_dir`` matching ``pattern`` (sorted) with its label; a missing label or
+    no image at all is a UserError naming the path."""
+    files = []
+    for image in sorted(image_dir.glob(pattern)):
+        label = label_of(image)
+        if not label.is_file():
+            raise UserError(f"{dataset}: missing label {label} for image {image}")
+        files.append(LabelledFile(image, label, name_of(image)))
+    if not files:
+        raise UserError(f"{dataset}: no {pattern} images under {image_dir}")
+    return files
 
-    def __init__(
-        self,
-        dataset: str,
-        classes: tuple[str, ...],
-        files: list[LabelledFile],
-        label_lut: np.ndarray,
-        size: tuple[int, int] | None = None,
-        palette_labels: bool = False,
-    ):
+
+class FilePairDataset(SegDataset):
+    """Image/label file pairs decoded by a label codec, with an optional resize. Reads per item."""
+
+    def __init__(self, dataset: str, codec: LabelCodec, files: list[LabelledFile], size: tuple[int, int] | None = None):
         if not files:
             raise UserError(f"{dataset}: no labelled images found")
         self.dataset = dataset
-        self.classes = classes
+        self.codec = codec
+        self.classes = codec.classes
         self.files = files
-        self.label_lut = label_lut
         self.size = size  # (height, width) to resize to, or None for native size
-        self.palette_labels = palette_labels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -114,16 +192,9 @@ class FilePairDataset(SegDataset):
     def _read_label(self, path: Path) -> np.ndarray:
         try:
             with Image.open(path) as im:
-                if self.palette_labels and im.mode not in ("P", "L"):
-                    raise UserError(f"{self.dataset}: {path} is a {im.mode} PNG, expected a palette-indexed PNG")
-                if im.mode not in ("P", "L", "I", "I;16"):
-                    raise UserError(f"{self.dataset}: label {path} has mode {im.mode}, expected a single channel")
-                raw = np.asarray(im)
+                return self.codec.decode(im, path, self.dataset)
         except OSError as exc:
             raise UserError(f"{self.dataset}: cannot read label {path}: {exc}") from None
-        if raw.max(initial=0) > 255:
-            raise UserError(f"{self.dataset}: label {path} holds values above 255")
-        return self.label_lut[raw.astype(np.uint8)]
 
     def _read_image(self, path: Path) -> Image.Image:
         try:
@@ -153,47 +224,46 @@ class FilePairDataset(SegDataset):
         )
 
 
-def _limit(files: list[LabelledFile], limit: int | None) -> list[LabelledFile]:
-    return files if limit is None else files[:limit]
+@dataclass(frozen=True)
+class RealLayout:
+    """One dataset's on-disk layout. ``options`` are its own dataset keys: key -> allowed values, the
+    first being the default (e.g. SUN-RGBD's ``classes: 37 | 13``)."""
+
+    find_files: Callable[[Path, str, Mapping[str, Any]], list[LabelledFile]]
+    codec: Callable[[Mapping[str, Any]], LabelCodec]
+    options: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
-def cityscapes_files(root: Path, split: str) -> list[LabelledFile]:
-    image_dir = _require_dir(root / "leftImg8bit" / split, "cityscapes", "leftImg8bit/" + split)
-    label_dir = _require_dir(root / "gtFine" / split, "cityscapes", "gtFine/" + split)
-    files = []
-    for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
-        stem = image.name[: -len("_leftImg8bit.png")]
-        label = label_dir / image.parent.name / f"{stem}_gtFine_labelIds.png"
-        if not label.is_file():
-            raise UserError(f"cityscapes: missing label {label} for image {image}")
-        files.append(LabelledFile(image, label, stem))
-    if not files:
-        raise UserError(f"cityscapes: no <city>/*_leftImg8bit.png images under {image_dir}")
-    return files
+# --- Cityscapes, ADE20K, VOC ----------------------------------------------------------------------------
 
 
-def ade20k_files(root: Path, split: str) -> list[LabelledFile]:
+def cityscapes_files(root: Path, split: str, options: Mapping[str, Any]) -> list[LabelledFile]:
+    image_dir = require_dir(root / "leftImg8bit" / split, "cityscapes", "leftImg8bit/" + split)
+    label_dir = require_dir(root / "gtFine" / split, "cityscapes", "gtFine/" + split)
+    suffix = "_leftImg8bit.png"
+    return pair_files(
+        image_dir,
+        "*/*" + suffix,
+        lambda image: label_dir / image.parent.name / (image.name[: -len(suffix)] + "_gtFine_labelIds.png"),
+        "cityscapes",
+        lambda image: image.name[: -len(suffix)],
+    )
+
+
+def ade20k_files(root: Path, split: str, options: Mapping[str, Any]) -> list[LabelledFile]:
     folder = {"train": "training", "val": "validation"}[split]
     base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
-    image_dir = _require_dir(base / "images" / folder, "ade20k", "ADEChallengeData2016/images/" + folder)
-    label_dir = _require_dir(base / "annotations" / folder, "ade20k", "ADEChallengeData2016/annotations/" + folder)
-    files = []
-    for image in sorted(image_dir.glob("*.jpg")):
-        label = label_dir / f"{image.stem}.png"
-        if not label.is_file():
-            raise UserError(f"ade20k: missing annotation {label} for image {image}")
-        files.append(LabelledFile(image, label, image.stem))
-    if not files:
-        raise UserError(f"ade20k: no *.jpg images under {image_dir}")
-    return files
+    image_dir = require_dir(base / "images" / folder, "ade20k", "ADEChallengeData2016/images/" + folder)
+    label_dir = require_dir(base / "annotations" / folder, "ade20k", "ADEChallengeData2016/annotations/" + folder)
+    return pair_files(image_dir, "*.jpg", lambda image: label_dir / f"{image.stem}.png", "ade20k", lambda i: i.stem)
 
 
-def voc_files(root: Path, split: str) -> list[LabelledFile]:
+def voc_files(root: Path, split: str, options: Mapping[str, Any]) -> list[LabelledFile]:
     base = root / "VOC2012" if (root / "VOC2012").is_dir() else root
     if not (base / "JPEGImages").is_dir() and (root / "VOCdevkit" / "VOC2012").is_dir():
         base = root / "VOCdevkit" / "VOC2012"
-    image_dir = _require_dir(base / "JPEGImages", "voc", "VOC2012/JPEGImages")
-    label_dir = _require_dir(base / "SegmentationClass", "voc", "VOC2012/SegmentationClass")
+    image_dir = require_dir(base / "JPEGImages", "voc", "VOC2012/JPEGImages")
+    label_dir = require_dir(base / "SegmentationClass", "voc", "VOC2012/SegmentationClass")
     listing = base / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not listing.is_file():
         raise UserError(f"voc: missing split list {listing}")
@@ -209,27 +279,6 @@ def voc_files(root: Path, split: str) -> list[LabelledFile]:
     return files
 
 
-@dataclass(frozen=True)
-class RealLayout:
-    classes: tuple[str, ...]
-    find_files: Callable[[Path, str], list[LabelledFile]]
-    lut: Callable[[], np.ndarray]
-    palette_labels: bool = False
-
-
-REAL_LAYOUTS: dict[str, RealLayout] = {
-    "cityscapes": RealLayout(CITYSCAPES_CLASSES, cityscapes_files, cityscapes_lut),
-    "ade20k": RealLayout(ADE20K_CLASSES, ade20k_files, reduce_zero_label_lut),
-    "voc": RealLayout(VOC_CLASSES, voc_files, voc_lut, palette_labels=True),
-}
-
-
-def build_real_dataset(
-    name: str, root: str | Path, split: str, size: tuple[int, int] | None = None, limit: int | None = None
-) -> FilePairDataset:
-    layout = REAL_LAYOUTS[name]
-    root_path = Path(root).expanduser()
-    if not root_path.is_dir():
-        raise UserError(f"{name}: dataset root {root_path} does not exist (set dataset.root)")
-    files = _limit(layout.find_files(root_path, split), limit)
-    return FilePairDataset(name, layout.classes, files, layout.lut(), size=size, palette_labels=layout.palette_labels)
+CITYSCAPES = RealLayout(cityscapes_files, lambda options: IndexedLabels(CITYSCAPES_CLASSES, cityscapes_lut()))
+ADE20K = RealLayout(ade20k_files, lambda options: IndexedLabels(ADE20K_CLASSES, reduce_zero_label_lut()))
+VOC = RealLayout(voc_files, lambda options: IndexedLabels(VOC_CLASSES, voc_lut(), palette_only=True))

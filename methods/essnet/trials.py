@@ -30,7 +30,6 @@ class HeadRun:
 
 
 def _head_run(ctx: TrialContext, head_name: str, num_classes: int, feature_channels: int) -> HeadRun:
-    from harness import timing
     from methods.essnet.heads import EmbeddingHead, LinearHead
 
     p = ctx.params
@@ -38,18 +37,17 @@ def _head_run(ctx: TrialContext, head_name: str, num_classes: int, feature_chann
     size = (height, width)
     torch.manual_seed(ctx.seed)
     features = torch.randn(ctx.batch_size, feature_channels, math.ceil(height / 4), math.ceil(width / 4))
-    features = timing.prepare_input(features, precision=ctx.precision, device=ctx.device)
-    elem = timing.precision_dtype(ctx.precision).itemsize
+    where = ctx.placement()
+    features = where.tensor(features)
+    elem = where.dtype.itemsize
     pixels = ctx.batch_size * height * width
     if head_name == "linear":
-        head = timing.prepare_for_latency(
-            LinearHead(feature_channels, num_classes), precision=ctx.precision, device=ctx.device
-        )
+        head = where.model(LinearHead(feature_channels, num_classes))
         # full-resolution logits plus the low-resolution ones they are resized from
         predicted = num_classes * (pixels + features[0, 0].numel() * ctx.batch_size) * elem
         return HeadRun(lambda: head.predict(features, size), predicted)
     emb_head = EmbeddingHead(feature_channels, num_classes, p["embed_dim"])
-    emb_head = timing.prepare_for_latency(emb_head, precision=ctx.precision, device=ctx.device)
+    emb_head = where.model(emb_head)
     # built once on the head's device (a faiss GPU index on cuda), as the supplementary's FAISS index
     index = emb_head.build_index(p["backend"])
     predicted = 2 * p["embed_dim"] * pixels * elem + (64 << 20)
@@ -132,7 +130,7 @@ def crossover(classes: list[int], linear: list[float], embedding: list[float]) -
     version="1",
 )
 def crossover_trial(ctx: TrialContext) -> None:
-    from harness import timing
+    from harness.timing import measure
     from methods.essnet.memory import peak_tensor_bytes
 
     p = ctx.params
@@ -150,7 +148,7 @@ def crossover_trial(ctx: TrialContext) -> None:
                 continue
             with torch.inference_mode():
                 _, peak = peak_tensor_bytes(run.predict)
-            m = timing.measure(run.predict, ctx.timing, device=ctx.device)
+            m = measure(run.predict, ctx.timing, device=ctx.device)
             table[head]["latency_ms"].append(m.median * 1e3)
             table[head]["memory_mb"].append(peak / 1e6)
     # latency: only where both heads ran (a linear head over the memory budget is not "slower")
@@ -194,7 +192,6 @@ def crossover_trial(ctx: TrialContext) -> None:
     version="1",
 )
 def train_step_trial(ctx: TrialContext) -> None:
-    from harness import timing
     from methods.datasets import build_dataset, normalize
     from methods.essnet.model import Segmenter
 
@@ -203,24 +200,24 @@ def train_step_trial(ctx: TrialContext) -> None:
     n = min(len(dataset), ctx.batch_size)
     batch = [dataset[i] for i in range(n)]
     height, width = min(p["height"], batch[0].label.shape[0]), min(p["width"], batch[0].label.shape[1])
-    images = normalize(torch.stack([s.image[:, :height, :width] for s in batch]))
-    labels = torch.stack([s.label[:height, :width] for s in batch])
+    where = ctx.placement(autocast=True)  # training: fp32 weights, bf16/fp16 under autocast
+    images = where.tensor(normalize(torch.stack([s.image[:, :height, :width] for s in batch])), channels_last=False)
+    labels = torch.stack([s.label[:height, :width] for s in batch]).to(where.device)
     torch.manual_seed(ctx.seed)
-    model = Segmenter(p["num_classes"], p["head"], p["feature_channels"], p["embed_dim"]).train()
+    model = Segmenter(p["num_classes"], p["head"], p["feature_channels"], p["embed_dim"]).to(where.device).train()
     optimizer = model.optimizer()
     losses: list[float] = []
 
     def step() -> None:
         # ctx.measure times under inference_mode; a training step switches it off for itself
         with torch.inference_mode(False), torch.enable_grad():
-            with timing.autocast(ctx.precision, "cpu"):
+            with where.running():
                 loss = model.loss(images, labels, k=p["k"], sampling=p["sampling"], backend=p["backend"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         losses.append(float(loss.detach()))
 
-    timing.probe_precision(ctx.precision, "cpu")
     ctx.measure("train_iter", step)
     ctx.record("loss_drop", 100.0 * (losses[0] - losses[-1]) / max(abs(losses[0]), 1e-9))
     ctx.note("crop", [height, width])

@@ -13,7 +13,7 @@ import logging
 import torch
 from torch import nn
 
-from harness.timing import fold_batchnorm
+from harness.devices import fold_batchnorm
 
 
 def count_macs(model: nn.Module, inputs: torch.Tensor, fold_bn: bool = True) -> tuple[float, dict[str, float]]:

@@ -52,11 +52,7 @@ def _config(params: dict[str, Any], num_classes: int, model_settings: dict[str, 
 
 
 def _latency(ctx: TrialContext, model: torch.nn.Module, height: int, width: int) -> None:
-    from harness import timing
-
-    model = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device)
-    x = timing.prepare_input(torch.randn(ctx.batch_size, 3, height, width), precision=ctx.precision, device=ctx.device)
-    ctx.measure("latency", lambda: model(x))
+    ctx.time_model("latency", model, torch.randn(ctx.batch_size, 3, height, width))
 
 
 @trial(

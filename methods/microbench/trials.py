@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness import timing
 from harness.context import TrialContext
 from harness.registry import Metric, Param, trial
 
@@ -38,15 +37,11 @@ from harness.registry import Metric, Param, trial
 def conv2d_latency(ctx: TrialContext) -> None:
     p = ctx.params
     layers = [nn.Conv2d(p["channels"], p["channels"], 3, padding=1) for _ in range(1 + p["extra_convs"])]
-    model = timing.prepare_for_latency(nn.Sequential(*layers), precision=ctx.precision, device=ctx.device)
-    x = timing.prepare_input(
-        torch.randn(ctx.batch_size, p["channels"], p["height"], p["width"]), precision=ctx.precision, device=ctx.device
-    )
+    x = torch.randn(ctx.batch_size, p["channels"], p["height"], p["width"])
     rows = round((p["work_factor"] - 1.0) * p["height"])
     if rows:  # a 3x3 convolution's cost is linear in the rows it covers
-        x_extra = x[..., :rows, :].clone()
-        ctx.measure("latency", lambda: (model(x), model(x_extra)))
+        ctx.time_model("latency", nn.Sequential(*layers), x, x[..., :rows, :], call=lambda m, a, b: (m(a), m(b)))
     else:
-        ctx.measure("latency", lambda: model(x))
+        ctx.time_model("latency", nn.Sequential(*layers), x)
     macs = len(layers) * ctx.batch_size * (p["height"] + rows) * p["width"] * p["channels"] ** 2 * 9
     ctx.record("gmacs", macs / 1e9)

@@ -51,7 +51,12 @@ def load_user_checkpoint(model: nn.Module, path: str | Path, *, trusted: bool = 
     """Load ``path`` into ``model`` (strict). Any unreadable, refused (see :mod:`methods.safe_load`;
     ``trusted`` is the user's --trust-checkpoints) or mismatching file -> one-line UserError."""
     path = Path(path)
-    state_dict = extract_state_dict(safe_torch_load(path, trusted=trusted), path)
+    load_state_dict_checked(model, extract_state_dict(safe_torch_load(path, trusted=trusted), path), path)
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a checkpoint's extracted tensors into ``model`` (strict); a mismatch -> one-line
+    UserError naming ``path`` and what does not fit."""
     target = getattr(model, "segmentor", model)  # mmseg checkpoints hold the segmentor's keys
     summary = _mismatch_summary(target, state_dict)
     if summary:

@@ -25,6 +25,32 @@ def parameter_count_m(model: nn.Module) -> float:
     return sum(parameter.numel() for parameter in model.parameters()) / 1e6
 
 
+def parameter_breakdown(model: nn.Module) -> dict[str, float]:
+    """#Params (millions) of a baseline in total and per sub-module of its mmseg segmentor
+    (``backbone``, ``decode_head``, ...) and, one level down, of the decode head
+    (``decode_head.pixel_decoder``, ``decode_head.transformer_decoder``, ...): the parts a paper may
+    or may not have counted. Parameters held by a module itself (not by a child) are under
+    ``<module>.<own>``."""
+    segmentor = getattr(model, "segmentor", model)
+    parts: dict[str, float] = {"total": parameter_count_m(segmentor)}
+    for name, child in segmentor.named_children():
+        count = parameter_count_m(child)
+        if count == 0:
+            continue
+        parts[name] = count
+        if name != "decode_head":
+            continue
+        for inner, grandchild in child.named_children():
+            inner_count = parameter_count_m(grandchild)
+            if inner_count:
+                parts[f"{name}.{inner}"] = inner_count
+        own = sum(p.numel() for p in child.parameters(recurse=False)) / 1e6
+        if own:
+            parts[f"{name}.<own>"] = own
+    parts.setdefault("backbone", 0.0)
+    return parts
+
+
 def complexity(
     name: str, height: int, width: int, *, num_classes: int = 19, model: nn.Module | None = None
 ) -> dict[str, Any]:

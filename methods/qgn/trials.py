@@ -238,7 +238,6 @@ def train_eval_trial(ctx: TrialContext) -> None:
 def cost_trial(ctx: TrialContext) -> None:
     import torch
 
-    from harness import timing
     from methods.datasets import build_dataset
     from methods.qgn.cost import activation_memory, forward_macs
     from methods.qgn.encoder import ENCODER_SPECS, DilatedBaseline
@@ -324,17 +323,16 @@ def cost_trial(ctx: TrialContext) -> None:
         ctx.record("acc", result["acc"])
         ctx.note("active_cells_percent", result["active_percent"])
 
-    model = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device)
     batch = val.images[: ctx.batch_size]
     if batch.shape[0] < ctx.batch_size:
         batch = batch.repeat((ctx.batch_size + batch.shape[0] - 1) // batch.shape[0], 1, 1, 1)[: ctx.batch_size]
     labels = val.labels[: batch.shape[0]]
     if labels.shape[0] < batch.shape[0]:
         labels = labels.repeat((batch.shape[0] + labels.shape[0] - 1) // labels.shape[0], 1, 1)[: batch.shape[0]]
-    x = timing.prepare_input(batch, precision=ctx.precision, device=ctx.device)
-    decode = decode_for(labels.to(x.device))
+    decode = decode_for(labels.to(ctx.placement().device))
+    # encode/decode close over ``model``, which preparation moves and casts in place
     if p["model"] == "dilated":
-        ctx.measure("latency", lambda: decode(encode(x)).argmax(dim=1))
+        ctx.time_model("latency", model, batch, call=lambda m, x: decode(encode(x)).argmax(dim=1))
     else:
-        ctx.measure("latency", lambda: model.dense_prediction(decode(encode(x))))
+        ctx.time_model("latency", model, batch, call=lambda m, x: m.dense_prediction(decode(encode(x))))
     ctx.note("latency_covers", "image -> label map (QGN: leaves accumulated; dilated: arg-max of upsampled logits)")

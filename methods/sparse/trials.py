@@ -3,7 +3,6 @@ density (SparseRefine Table 7 and the latency column of Table 5b)."""
 
 from __future__ import annotations
 
-from harness import timing
 from harness.context import TrialContext
 from harness.errors import Unsupported
 from harness.registry import Metric, Param, trial
@@ -44,9 +43,8 @@ def extractor_latency(ctx: TrialContext) -> None:
 
     p = ctx.params
     check_backend(p["backend"])
-    device = timing.check_device(ctx.device)
-    dtype = timing.precision_dtype(ctx.precision)
-    if p["backend"] == "spconv" and dtype not in SUPPORTED_DTYPES:
+    where = ctx.placement()
+    if p["backend"] == "spconv" and where.dtype not in SUPPORTED_DTYPES:
         raise Unsupported(f"spconv has no {ctx.precision} kernels on {ctx.device}")
 
     ctx.progress(f"building {p['density']}% masks on {p['height']}x{p['width']}")
@@ -59,28 +57,23 @@ def extractor_latency(ctx: TrialContext) -> None:
     else:
         model = minkunet_variant(p["variant"], in_channels=3, width_mult=p["width_mult"])
     set_backend(model, p["backend"])
-    model = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device, channels_last=False)
-
     x = from_dense(normalize(batch.images), batch.mask)
-    coords = x.coords.to(device)
-    feats = x.feats.to(device, dtype)
     spatial_shape = (p["height"], p["width"])
 
-    def forward() -> torch.Tensor:
+    def forward(extractor: torch.nn.Module, coords: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         # a fresh tensor per call: kernel maps are rebuilt, as they would be for every new image
-        return model(SparseTensor(coords, feats, 1, spatial_shape, ctx.batch_size)).feats
+        return extractor(SparseTensor(coords, feats, 1, spatial_shape, ctx.batch_size)).feats
 
-    with torch.inference_mode():
-        probe = SparseTensor(coords, feats, 1, spatial_shape, ctx.batch_size)
+    ctx.progress(f"timing {p['backend']} {p['variant']} at {p['density']}%")
+    m = ctx.time_model("latency", model, x.coords, x.feats, call=forward, channels_last=False)
+    with torch.inference_mode():  # the model was prepared in place: count the sites it builds
+        probe = SparseTensor(where.tensor(x.coords), where.tensor(x.feats), 1, spatial_shape, ctx.batch_size)
         model(probe)
     assert probe.manager is not None
     strides = getattr(model, "strides", (1,))
     ctx.note("sites_per_stride", {str(s): int(probe.manager.coords(s).shape[0]) for s in strides})
-
-    ctx.progress(f"timing {p['backend']} {p['variant']} at {p['density']}%")
-    m = ctx.measure("latency", forward)
     ctx.note("compute_threads", 1 if p["backend"] == "spconv" else m.threads)  # spconv is forced to 1
-    sites = int(coords.shape[0])
+    sites = int(x.coords.shape[0])
     ctx.record("active_sites", sites)
     ctx.record("density_measured", 100.0 * sites / (ctx.batch_size * p["height"] * p["width"]))
     ctx.record("latency_per_site_us", m.median * 1e6 / max(1, sites))

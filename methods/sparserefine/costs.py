@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from methods.sparserefine.ensemblers import GatedEnsembler
+from methods.sparserefine.lr_outputs import upsample_nearest
 from methods.sparserefine.refiner import PixelBatch, SparseRefiner
-from methods.sparserefine.selectors import ENTROPY_EPS
+from methods.sparserefine.selectors import entropy_map
 
 
 @dataclass
@@ -82,10 +83,7 @@ def count_macs(model: SparseRefiner, pixels: PixelBatch) -> MacCount:
 def lr_grid_entropy_mask(logits_lr: torch.Tensor, alpha: float, factor: int) -> torch.Tensor:
     """Entropy selector on the LR grid, mask nearest-upsampled ×factor: bit-identical to selecting on
     the nearest-upsampled logits (every factor×factor block shares its logits) at 1/factor² the cost."""
-    probs = torch.softmax(logits_lr.float(), dim=1)
-    entropy = -(probs * torch.log(probs.clamp(min=ENTROPY_EPS))).sum(dim=1)
-    mask = entropy > alpha
-    return mask.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+    return upsample_nearest(entropy_map(logits_lr) > alpha, factor)
 
 
 class SparseRefinePipeline(nn.Module):
@@ -114,22 +112,28 @@ class SparseRefinePipeline(nn.Module):
         self.fixed_mask = fixed_mask
 
     def dense(self, images: torch.Tensor) -> torch.Tensor:
+        """LR logits on the grid of ceil(side / factor) cells: an odd side is padded by repeating
+        its last row / column first, as the LR baselines' own input (methods.baselines.model_input)."""
+        height, width = images.shape[-2:]
+        pad_bottom, pad_right = -height % self.factor, -width % self.factor
+        if pad_bottom or pad_right:
+            images = nn.functional.pad(images, (0, pad_right, 0, pad_bottom), mode="replicate")
         small = nn.functional.avg_pool2d(images, self.factor)
         return self.lr_module(small)
 
     def select(self, images: torch.Tensor, logits_lr: torch.Tensor) -> PixelBatch:
         from methods.sparserefine.refiner import gather_pixels
 
-        mask = lr_grid_entropy_mask(logits_lr, self.alpha, self.factor)
+        size = images.shape[-2:]
+        mask = upsample_nearest(entropy_map(logits_lr) > self.alpha, self.factor, size)
         if self.fixed_mask is not None:
             mask = self.fixed_mask  # the selector's cost is paid; its mask is replaced
-        up = logits_lr.repeat_interleave(self.factor, dim=2).repeat_interleave(self.factor, dim=3)
-        return gather_pixels(mask, images, up, self.refiner.config)
+        return gather_pixels(mask, images, upsample_nearest(logits_lr, self.factor, size), self.refiner.config)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits_lr = self.dense(images)
         pixels = self.select(images, logits_lr)
-        out = logits_lr.repeat_interleave(self.factor, dim=2).repeat_interleave(self.factor, dim=3)
+        out = upsample_nearest(logits_lr, self.factor, images.shape[-2:])
         if pixels.coords.shape[0]:
             y, _ = self.refiner(pixels)
             b, yy, xx = pixels.coords.long().unbind(1)

@@ -1,17 +1,19 @@
 """What the SparseRefine trials share: the frozen LR outputs of both splits, the resolved selector,
-the trained refiner and the HR reference, all built lazily from a trial's context and cached."""
+the trained refiner and the HR reference, all built lazily from a trial's scope and cached."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from harness.context import TrialContext
 from methods.sparserefine.lr_outputs import (
+    LROutputsSource,
     SplitOutputs,
     hr_evaluation,
-    load_baseline,
     lr_features,
     lr_outputs,
 )
@@ -21,26 +23,68 @@ from methods.sparserefine.selection import (
     LearnableTraining,
     ResolvedSelector,
     SelectionSpec,
+    build_selector,
     learnable_selector,
 )
-from methods.sparserefine.training import Features, RefinerTraining, trained_refiner
+from methods.sparserefine.training import SCALE_KEY, Features, RefinerTraining, trained_refiner
 
 LEARNABLE_SCALE_KEY = "learnable_selector"  # optional LearnableTraining overrides under scale["sparserefine"]
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What every cached SparseRefine artifact of a unit depends on or reports to: the dataset and
+    scale settings, the artifact cache, the seed and the progress callback."""
+
+    dataset: dict[str, Any]
+    scale: dict[str, Any]
+    artifacts_dir: Path
+    seed: int
+    progress: Callable[[str], None]
+    # The suite's baselines: block (lr / hr: embedded or mmseg checkpoint), and what loading and
+    # running a checkpoint baseline needs.
+    baselines: dict[str, Any] = field(default_factory=dict)
+    trust_checkpoints: bool = False
+    device: str = "cpu"
+
+    @classmethod
+    def of(cls, ctx: TrialContext) -> Scope:
+        return cls(
+            ctx.dataset,
+            ctx.scale,
+            ctx.artifacts_dir,
+            ctx.seed,
+            ctx.progress,
+            baselines=dict(getattr(ctx, "baselines", {}) or {}),
+            trust_checkpoints=ctx.trust_checkpoints,
+            device=ctx.device,
+        )
+
+
 @dataclass
 class Experiment:
-    ctx: TrialContext
+    scope: Scope
     _cache: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def dataset(self) -> dict[str, Any]:
-        return self.ctx.dataset
+    @classmethod
+    def of(cls, ctx: TrialContext) -> Experiment:
+        return cls(Scope.of(ctx))
+
+    @cached_property
+    def workers(self) -> int:
+        """DataLoader workers reading the splits (the scale's ``workers`` setting)."""
+        from methods.datasets.loading import worker_count
+
+        return worker_count(self.scope.scale)
+
+    @cached_property
+    def lr_source(self) -> LROutputsSource:
+        s = self.scope
+        return LROutputsSource(self.lr_model, s.dataset, s.artifacts_dir, s.progress, self.workers)
 
     def split(self, name: str) -> SplitOutputs:
         if name not in self._cache:
-            ctx = self.ctx
-            self._cache[name] = lr_outputs(ctx.dataset, ctx.scale, name, ctx.artifacts_dir, ctx.progress, ctx.seed)
+            self._cache[name] = lr_outputs(self.lr_source, name)
         return self._cache[name]
 
     @property
@@ -54,57 +98,74 @@ class Experiment:
     def features(self, split: str) -> Features:
         key = f"features-{split}"
         if key not in self._cache:
-            ctx = self.ctx
-            grid, factor = lr_features(ctx.dataset, ctx.scale, split, ctx.artifacts_dir, ctx.progress, ctx.seed)
+            grid, factor = lr_features(self.lr_source, split)
             self._cache[key] = Features(grid, factor)
         return self._cache[key]
 
+    def baseline(self, kind: str):
+        """The frozen dense baseline of ``kind`` (lr / hr) the suite's ``baselines:`` block names."""
+        from methods.baselines import frozen_baseline
+
+        s = self.scope
+        return frozen_baseline(
+            kind,
+            s.baselines,
+            s.dataset,
+            s.scale,
+            s.artifacts_dir,
+            s.progress,
+            s.seed,
+            trusted=s.trust_checkpoints,
+            device=s.device,
+        )
+
     @cached_property
     def lr_model(self):
-        ctx = self.ctx
-        return load_baseline("lr", ctx.dataset, ctx.scale, ctx.artifacts_dir, ctx.progress, ctx.seed)
+        return self.baseline("lr")
 
     @cached_property
     def hr_model(self):
-        ctx = self.ctx
-        return load_baseline("hr", ctx.dataset, ctx.scale, ctx.artifacts_dir, ctx.progress, ctx.seed)
+        return self.baseline("hr")
 
     @property
     def baseline_config(self) -> dict[str, Any]:
         return self.lr_model.config
 
     def hr_reference(self) -> dict[str, Any]:
-        ctx = self.ctx
-        return hr_evaluation(ctx.dataset, ctx.scale, ctx.artifacts_dir, ctx.progress, ctx.seed)
+        s = self.scope
+        return hr_evaluation(self.hr_model, s.dataset, s.artifacts_dir, s.progress, self.workers)
 
     @cached_property
     def own_scale(self) -> dict[str, Any]:
-        from methods.sparserefine.training import SCALE_KEY
-
-        return dict(self.ctx.scale.get(SCALE_KEY, {}) or {})
+        return dict(self.scope.scale.get(SCALE_KEY, {}) or {})
 
     @cached_property
     def training(self) -> RefinerTraining:
-        return RefinerTraining.from_scale(self.ctx.scale)
+        return RefinerTraining.from_scale(self.scope.scale)
 
     def learnable(self) -> LearnableSelector:
         if "learnable" not in self._cache:
             given = dict(self.own_scale.get(LEARNABLE_SCALE_KEY, {}) or {})
             if "crop" in given:
                 given["crop"] = tuple(given["crop"])
-            settings = LearnableTraining(**given)
-            ctx = self.ctx
+            s = self.scope
             self._cache["learnable"] = learnable_selector(
-                self.train, self.baseline_config, settings, ctx.seed, ctx.artifacts_dir, ctx.progress
+                self.train, self.baseline_config, LearnableTraining(**given), s.seed, s.artifacts_dir, s.progress
             )
         return self._cache["learnable"]
 
     def selector(self, spec: SelectionSpec) -> ResolvedSelector:
-        learnable = self.learnable() if spec.selector == "learnable" else None
-        return ResolvedSelector(spec, self.train, learnable, seed=self.ctx.seed)
+        return build_selector(spec, self.train, seed=self.scope.seed, learnable=self.learnable)
 
     def refiner_config(self, params: dict[str, Any]) -> RefinerConfig:
-        feature_channels = int(self.lr_model.feature_channels) if "features" in params["inputs"] else 0
+        feature_channels = 0
+        if "features" in params["inputs"]:
+            if self.lr_model.feature_channels is None:
+                from harness.errors import Unavailable
+
+                model = self.lr_model.config.get("model")
+                raise Unavailable(f"inputs {params['inputs']} need the LR baseline's features; {model} keeps none")
+            feature_channels = int(self.lr_model.feature_channels)
         return RefinerConfig(
             num_classes=self.train.num_classes,
             arch=params["arch"],
@@ -117,7 +178,7 @@ class Experiment:
         )
 
     def refiner(self, config: RefinerConfig, selector: ResolvedSelector) -> tuple[SparseRefiner, dict[str, Any]]:
-        ctx = self.ctx
+        s = self.scope
         features = self.features("train") if config.uses_features else None
         return trained_refiner(
             config,
@@ -126,9 +187,9 @@ class Experiment:
             features,
             self.training,
             self.baseline_config,
-            ctx.seed,
-            ctx.artifacts_dir,
-            ctx.progress,
+            s.seed,
+            s.artifacts_dir,
+            s.progress,
         )
 
 

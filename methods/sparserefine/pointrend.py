@@ -10,6 +10,8 @@ information lost by downsampling stays lost, which is the paper's argument).
 - The head is PointRend's MLP (``layers`` 1x1 layers of ``hidden`` channels, the coarse logits
   concatenated again before every layer), trained with cross-entropy on the same top-k points of the
   train split, AdamW, the refiner's epochs and learning rate.
+- Every image has its own grid (its own size x ``scale``) and its own top-k; a split's images may
+  differ in size, and training reads one image per step (nothing of a split is held in memory).
 """
 
 from __future__ import annotations
@@ -61,14 +63,38 @@ class Points:
     fine: torch.Tensor  # [B, F, K]
 
 
-def select_points(logits_grid: torch.Tensor, features_grid: torch.Tensor, size: tuple[int, int], k: int) -> Points:
+def resample(grid: torch.Tensor, size: tuple[int, int], covered: tuple[int, int] | None = None) -> torch.Tensor:
+    """``grid`` [B, C, h0, w0] bilinearly sampled at the pixel centres of a ``size`` grid laid over
+    the ``covered`` cells (default: all of them, F.interpolate's own mapping). An odd-sided image's
+    LR grid holds ceil(side / factor) cells and its last cell reaches past the image: ``covered`` is
+    then the image's extent in cells (side / factor), so the point grid spans the image itself."""
+    full = tuple(grid.shape[-2:])
+    if covered is None or tuple(covered) == full:
+        return F.interpolate(grid.float(), size=size, mode="bilinear", align_corners=False)
+    axes = []
+    for n, extent, cells in zip(size, covered, full, strict=True):
+        centres = (torch.arange(n, dtype=torch.float64) + 0.5) * extent / n  # in LR cells
+        axes.append((2.0 * centres / cells - 1.0).float())
+    ys, xs = torch.meshgrid(axes[0], axes[1], indexing="ij")
+    where = torch.stack([xs, ys], dim=-1).expand(grid.shape[0], -1, -1, -1)
+    return F.grid_sample(grid.float(), where, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def select_points(
+    logits_grid: torch.Tensor,
+    features_grid: torch.Tensor,
+    size: tuple[int, int],
+    k: int,
+    covered: tuple[int, int] | None = None,
+) -> Points:
     """The ``k`` most uncertain points of the reduced grid and their inputs, from the LR-grid logits
-    [B, C, h0, w0] and features [B, F, h0, w0] (bilinear, pixel centres)."""
-    coarse_map = F.interpolate(logits_grid.float(), size=size, mode="bilinear", align_corners=False)
+    [B, C, h0, w0] and features [B, F, h0, w0] (bilinear, pixel centres; ``covered`` as
+    :func:`resample`)."""
+    coarse_map = resample(logits_grid, size, covered)
     top2 = coarse_map.topk(2, dim=1).values
     uncertainty = (top2[:, 1] - top2[:, 0]).flatten(1)
     index = uncertainty.topk(k, dim=1).indices
-    fine_map = F.interpolate(features_grid.float(), size=size, mode="bilinear", align_corners=False)
+    fine_map = resample(features_grid, size, covered)
     gather = index[:, None, :]
     coarse = coarse_map.flatten(2).gather(2, gather.expand(-1, coarse_map.shape[1], -1))
     fine = fine_map.flatten(2).gather(2, gather.expand(-1, fine_map.shape[1], -1))
@@ -98,40 +124,65 @@ def points_per_image(size: tuple[int, int], density: float) -> int:
     return max(1, min(size[0] * size[1], round(density * size[0] * size[1])))
 
 
+@dataclass(frozen=True)
+class ImageGrid:
+    """The point grid of one image: its full size, the reduced grid, the top-k and the extent of
+    the image on its LR grid (cells, fractional for an odd side)."""
+
+    full: tuple[int, int]
+    size: tuple[int, int]
+    k: int
+    covered: tuple[float, float]
+
+    @classmethod
+    def of(cls, full: tuple[int, int], config: PointRendConfig, factor: int) -> ImageGrid:
+        size = reduced_size(full[0], full[1], config.scale)
+        covered = (full[0] / factor, full[1] / factor)
+        return cls(tuple(full), size, points_per_image(size, config.density), covered)  # type: ignore[arg-type]
+
+    def points(self, logits_grid: torch.Tensor, features_grid: torch.Tensor) -> Points:
+        return select_points(logits_grid, features_grid, self.size, self.k, self.covered)
+
+
+def image_points(split, features_grid, index: int, config: PointRendConfig) -> tuple[ImageGrid, Points]:
+    """Image ``index`` of ``split``: its grid and its most uncertain points."""
+    grid = ImageGrid.of(split.size(index), config, split.factor)
+    return grid, grid.points(split.logits_grid[index : index + 1], features_grid[index : index + 1])
+
+
 def train_head(
     config: PointRendConfig,
     train,
-    features_grid: torch.Tensor,
+    features_grid,
     epochs: int,
     lr: float,
     seed: int,
     progress,
 ) -> tuple[PointHead, dict]:
-    """Train the point head on the top-k uncertain points of every train image (inputs precomputed:
-    the LR outputs are frozen)."""
+    """Train the point head on the top-k uncertain points of every train image, one image per step
+    (its points recomputed from the frozen LR outputs each time it comes up: cheap, and the split
+    is never held in memory)."""
     torch.manual_seed(seed)
     head = PointHead(config)
-    height, width = train.labels.shape[-2:]
-    size = reduced_size(height, width, config.scale)
-    k = points_per_image(size, config.density)
-    samples = []
-    for i in range(len(train)):
-        pts = select_points(train.logits_grid[i : i + 1], features_grid[i : i + 1], size, k)
-        target = grid_labels(train.labels[i : i + 1], size).flatten(1).gather(1, pts.index)
-        samples.append((pts.fine, pts.coarse, target))
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.05)
-    steps = max(1, epochs * len(samples))
+    steps = max(1, epochs * len(train))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
+    points_per: list[int] = []
     start = time.perf_counter()
     head.train()
     for epoch in range(max(1, epochs)):
-        for j in torch.randperm(len(samples), generator=gen).tolist():
-            fine, coarse, target = samples[j]
+        order = torch.randperm(len(train), generator=gen).tolist()
+        for j in train.stream(order):
+            with torch.no_grad():
+                grid, pts = image_points(train, features_grid, j, config)
+                target = grid_labels(train.labels[j : j + 1], grid.size).flatten(1).gather(1, pts.index)
+            if epoch == 0:
+                points_per.append(grid.k)
             if bool((target == IGNORE).all()):
                 continue
-            loss = F.cross_entropy(head(fine, coarse), target, ignore_index=IGNORE)
+            loss = F.cross_entropy(head(pts.fine, pts.coarse), target, ignore_index=IGNORE)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -142,6 +193,6 @@ def train_head(
     return head, {
         "seconds": time.perf_counter() - start,
         "steps": len(losses),
-        "points_per_image": k,
+        "points_per_image": points_per[0] if len(set(points_per)) == 1 else sorted(set(points_per)),
         "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
     }

@@ -1,5 +1,7 @@
 """Selectors resolved on a dataset: thresholds calibrated on the train split, masks per image.
 
+One class per selector kind (:data:`SELECTOR_KINDS`, the one place a kind is looked up): it
+calibrates itself on the train split, gives the mask of one image and builds the call that times it.
 Every selector except the oracle scores pixels and keeps those above a threshold. The entropy
 selector's threshold is α: given, or calibrated on the train split (never on the split a result is
 reported on) either to a recall of the LR errors (the paper's rule, supp. §1.1) or, for the entropy
@@ -7,6 +9,10 @@ selector itself, to a target density. The magnitude and learnable selectors take
 threshold, or one calibrated on the train split to a target density; the random selector keeps
 each pixel with that density. A target density of 0 means "match the entropy selector at its α on
 the train split", the matched-density comparison of Table 5a.
+
+Calibration streams the train split (:meth:`SplitOutputs.stream`): densities are summed and
+thresholds are exact order statistics found in two passes over per-image maps
+(:func:`methods.sparserefine.selectors.order_statistics`), so its memory does not grow with the split.
 """
 
 from __future__ import annotations
@@ -14,22 +20,29 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from harness.devices import Placement
 from methods.artifacts import cached_artifact
-from methods.sparserefine.lr_outputs import SplitOutputs
+from methods.datasets.loading import crop_size, pad_label, pad_to
+from methods.sparserefine.lr_outputs import SplitOutputs, upsample_nearest
 from methods.sparserefine.selectors import (
-    SELECTORS,
+    Chunks,
     LearnableSelector,
+    feature_magnitude,
     lr_errors,
-    threshold_for_density,
+    order_statistics,
+    streamed_threshold_for_density,
 )
 
 Progress = Callable[[str], None]
+Mask = torch.Tensor
+CURVE_DENSITIES = (0.01, 0.02, 0.034, 0.05, 0.069, 0.09, 0.118, 0.15, 0.19, 0.25, 0.35, 0.5, 0.7, 1.0)
 
 
 @dataclass(frozen=True)
@@ -41,8 +54,8 @@ class SelectionSpec:
     recall: float = 0.0  # > 0: α is the largest that reaches this recall of the train split's LR errors
 
     def __post_init__(self) -> None:
-        if self.selector not in SELECTORS:
-            raise ValueError(f"unknown selector {self.selector!r}; known: {SELECTORS}")
+        if self.selector not in SELECTOR_KINDS:
+            raise ValueError(f"unknown selector {self.selector!r}; known: {tuple(SELECTOR_KINDS)}")
 
 
 def _normalized(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -69,18 +82,12 @@ def train_learnable_selector(
     model = LearnableSelector(train.num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.steps)
-    h, w = train.images.shape[-2:]
-    ch, cw = min(settings.crop[0], h), min(settings.crop[1], w)
     losses = []
     for step in range(settings.steps):
         idx = torch.randint(len(train), (settings.batch,), generator=gen).tolist()
-        top = int(torch.randint(h - ch + 1, (1,), generator=gen))
-        left = int(torch.randint(w - cw + 1, (1,), generator=gen))
-        window = (..., slice(top, top + ch), slice(left, left + cw))
-        image = _normalized(train.images[idx][window])
-        logits = train.logits(idx)[window]
-        target = lr_errors(logits, train.labels[idx][window]).float()
-        valid = (train.labels[idx][window] != 255).float()
+        image, logits, labels = _learnable_crops(train, idx, settings.crop, gen)
+        target = lr_errors(logits, labels).float()
+        valid = (labels != 255).float()
         pos = target.sum().clamp(min=1.0)
         pos_weight = ((valid.sum() - pos) / pos).clamp(max=50.0)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -94,6 +101,31 @@ def train_learnable_selector(
         if step % 25 == 0:
             progress(f"sparserefine: learnable selector step {step}/{settings.steps} loss {loss.item():.3f}")
     return {"state_dict": model.state_dict(), "losses": losses}
+
+
+def _learnable_crops(
+    train: SplitOutputs, idx: list[int], crop: tuple[int, int], gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised images, full-resolution LR logits and labels of random crops of images ``idx``,
+    padded at the bottom/right to one batch size (image and logits 0, label 255: never a target).
+    Images of one size share one window (a stacked batch of equal images is cropped as one); each
+    is cropped to ``crop`` clipped to its own size."""
+    windows: dict[tuple[int, int], tuple[slice, slice]] = {}
+    for size in (train.size(i) for i in idx):
+        if size not in windows:
+            (h, w), (ch, cw) = size, crop_size(crop, size)
+            top = int(torch.randint(h - ch + 1, (1,), generator=gen))
+            left = int(torch.randint(w - cw + 1, (1,), generator=gen))
+            windows[size] = (slice(top, top + ch), slice(left, left + cw))
+    sides = [(rows.stop - rows.start, cols.stop - cols.start) for rows, cols in windows.values()]
+    padded = (max(h for h, _ in sides), max(w for _, w in sides))
+    images, logits, labels = [], [], []
+    for i in idx:
+        rows, cols = windows[train.size(i)]
+        images.append(pad_to(_normalized(train.images[i : i + 1][..., rows, cols]), padded, 0.0))
+        logits.append(pad_to(train.logits(i)[..., rows, cols], padded, 0.0))
+        labels.append(pad_label(train.labels[i : i + 1][..., rows, cols], padded))
+    return torch.cat(images), torch.cat(logits), torch.cat(labels)
 
 
 def learnable_selector(
@@ -117,79 +149,80 @@ def learnable_selector(
     return model.eval()
 
 
+@dataclass(frozen=True)
+class TimingBatch:
+    """What a selector's timed call starts from: ``idx`` images of ``val`` with their LR outputs as
+    the LR model gives them (on its grid), put on the unit's device in its precision."""
+
+    val: SplitOutputs
+    idx: list[int]
+    placement: Placement
+    seed: int
+    features_grid: Callable[[], torch.Tensor]  # the LR features [B, F, h, w] of ``idx`` (read on demand)
+
+    @cached_property
+    def logits_lr(self) -> torch.Tensor:
+        return self.placement.tensor(self.val.logits_grid[self.idx], channels_last=False)
+
+    @property
+    def factor(self) -> int:
+        return self.val.factor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the batch's images (one size: a timed batch is stacked)."""
+        return self.val.size(self.idx[0])
+
+
 class ResolvedSelector:
-    """A selector with its threshold fixed; ``mask(split, index)`` gives [1, H, W]."""
+    """A selector of one kind with its threshold fixed on the train split.
+
+    ``mask(split, index)`` gives [1, H, W]; ``timed_call(batch)`` the callable a latency trial times,
+    from the LR outputs on their grid to the full-resolution mask. Every kind calibrates α of the
+    entropy selector (its own threshold, or the density the others are matched to).
+    """
+
+    kind: ClassVar[str]
+    sweepable: ClassVar[bool] = True  # has a recall/precision-against-density curve
 
     def __init__(
         self,
         spec: SelectionSpec,
         train: SplitOutputs,
-        learnable: LearnableSelector | None = None,
+        *,
         seed: int = 0,
+        learnable: Callable[[], LearnableSelector] | None = None,
     ):
         self.spec = spec
-        self.learnable = learnable
         self.seed = seed
-        self._learnable_scores: dict[tuple[int, int], torch.Tensor] = {}
-        if spec.selector == "learnable" and learnable is None:
-            raise ValueError("the learnable selector needs its trained model")
         self.alpha = self._entropy_alpha(train)
         self.target_density = self._target_density(train)
         self.threshold = self._threshold(train)
 
     def _entropy_alpha(self, train: SplitOutputs) -> float:
-        """α of the entropy selector (this one, or the one the others are matched to)."""
-        if self.spec.selector == "entropy" and self.spec.density > 0:
-            entropies = torch.cat([train.entropy(i).reshape(-1) for i in range(len(train))])
-            return threshold_for_density(entropies, self.spec.density)
         if self.spec.recall > 0:
             return alpha_for_recall(train, self.spec.recall)
         return self.spec.alpha
 
     def _target_density(self, train: SplitOutputs) -> float:
-        if self.spec.selector in ("entropy", "oracle"):
-            return float("nan")
-        if self.spec.density > 0:
-            return self.spec.density
-        selected = sum(int((train.entropy(i) > self.alpha).sum()) for i in range(len(train)))
-        return selected / train.labels.numel()
+        return float("nan")
 
     def _threshold(self, train: SplitOutputs) -> float:
-        if self.spec.selector == "entropy":
-            return self.alpha
-        if self.spec.selector in ("random", "oracle"):
-            return float("nan")
-        if self.spec.threshold >= 0:
-            return self.spec.threshold
-        scores = torch.cat([self.scores(train, i).reshape(-1) for i in range(len(train))])
-        return threshold_for_density(scores, self.target_density)
+        return float("nan")
 
-    def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
-        """Selector scores [1, H, W] (higher = more likely selected)."""
-        kind = self.spec.selector
-        if kind == "entropy":
-            return split.entropy(index)
-        if kind == "magnitude":
-            return split.magnitude(index)
-        if kind == "learnable":
-            assert self.learnable is not None
-            key = (id(split), index)  # the threshold calibration and the training masks both need them
-            if key not in self._learnable_scores:
-                with torch.inference_mode():
-                    image = _normalized(split.images[index : index + 1])
-                    self._learnable_scores[key] = self.learnable(image, split.logits(index))
-            return self._learnable_scores[key]
-        raise ValueError(f"selector {kind!r} has no scores")
+    def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> Mask:
+        raise NotImplementedError
 
-    def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> torch.Tensor:
-        kind = self.spec.selector
-        if kind == "oracle":
-            return split.errors(index)
-        if kind == "random":
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 7919 + salt)
-            shape = (1, *split.labels.shape[-2:])
-            return torch.rand(shape, generator=gen) < self.target_density
-        return self.scores(split, index) > self.threshold
+    def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
+        raise NotImplementedError
+
+    def calibrated(self) -> bool:
+        return False
+
+    @classmethod
+    def curve_specs(cls, points: int, num_classes: int) -> list[SelectionSpec]:
+        """The selections of this kind's recall/precision curve: calibrated to a sweep of densities."""
+        return [SelectionSpec(cls.kind, 0.3, density=d) for d in CURVE_DENSITIES]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -197,24 +230,206 @@ class ResolvedSelector:
             "threshold": self.threshold,
             "target_density": self.target_density,
             "entropy_alpha": self.alpha,
-            "calibrated_on": "train" if self._calibrated() else "not calibrated (given)",
+            "calibrated_on": "train" if self.calibrated() else "not calibrated (given)",
         }
 
-    def _calibrated(self) -> bool:
-        spec = self.spec
-        if spec.selector == "entropy":
-            return spec.density > 0 or spec.recall > 0
-        if spec.selector in ("magnitude", "learnable"):
-            return spec.threshold < 0
-        return spec.selector == "random" and spec.density == 0  # matched to the entropy selector on train
+
+def per_image(split: SplitOutputs, values: Callable[[int], torch.Tensor]) -> Chunks:
+    """``values(i)`` of every image of ``split`` in order, streamed (one image at a time, re-iterable):
+    what a calibration reads instead of concatenating the split."""
+    return lambda: (values(i) for i in split.stream(range(len(split))))
+
+
+def _matched_density(selector: ResolvedSelector, train: SplitOutputs) -> float:
+    """The target density of a selector matched to the entropy one: given, or (0) the entropy
+    selector's density at α on the train split."""
+    if selector.spec.density > 0:
+        return selector.spec.density
+    selected = sum(int((entropy > selector.alpha).sum()) for entropy in per_image(train, train.entropy)())
+    return selected / train.labels.numel()
+
+
+class EntropySelector(ResolvedSelector):
+    """Pixels whose LR entropy exceeds α (paper §3.2)."""
+
+    kind = "entropy"
+
+    def _entropy_alpha(self, train: SplitOutputs) -> float:
+        if self.spec.density > 0:
+            entropies = per_image(train, train.entropy)
+            return streamed_threshold_for_density(entropies, train.labels.numel(), self.spec.density)
+        return super()._entropy_alpha(train)
+
+    def _threshold(self, train: SplitOutputs) -> float:
+        return self.alpha
+
+    def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> Mask:
+        return split.entropy(index) > self.threshold
+
+    def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
+        from methods.sparserefine.costs import lr_grid_entropy_mask
+
+        logits_lr, alpha, factor = batch.logits_lr, self.threshold, batch.factor
+        h, w = batch.size  # an odd side has a grid of ceil(side / factor): the mask is cropped to it
+        return lambda: lr_grid_entropy_mask(logits_lr, alpha, factor)[..., :h, :w]
+
+    def calibrated(self) -> bool:
+        return self.spec.density > 0 or self.spec.recall > 0
+
+    @classmethod
+    def curve_specs(cls, points: int, num_classes: int) -> list[SelectionSpec]:
+        """A log-spaced sweep of α up to the largest entropy, log(classes)."""
+        alphas = torch.logspace(-4, math.log10(math.log(num_classes)), points).tolist()
+        return [SelectionSpec(cls.kind, alpha) for alpha in alphas]
+
+
+class ScoredSelector(ResolvedSelector):
+    """Pixels whose score exceeds a threshold: given, or calibrated on train to the target density."""
+
+    def _target_density(self, train: SplitOutputs) -> float:
+        return _matched_density(self, train)
+
+    def _threshold(self, train: SplitOutputs) -> float:
+        if self.spec.threshold >= 0:
+            return self.spec.threshold
+        scores = per_image(train, lambda i: self.scores(train, i))
+        return streamed_threshold_for_density(scores, train.labels.numel(), self.target_density)
+
+    def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
+        """Selector scores [1, H, W] (higher = more likely selected)."""
+        raise NotImplementedError
+
+    def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> Mask:
+        return self.scores(split, index) > self.threshold
+
+    def calibrated(self) -> bool:
+        return self.spec.threshold < 0
+
+
+class MagnitudeSelector(ScoredSelector):
+    """Pixels whose LR penultimate features have a large L2 norm (supp. §2.1)."""
+
+    kind = "magnitude"
+
+    def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
+        return split.magnitude(index)
+
+    def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
+        from harness.errors import Unavailable
+
+        threshold, factor, size = self.threshold, batch.factor, batch.size
+        try:
+            feats = batch.placement.tensor(batch.features_grid(), channels_last=False)
+        except Unavailable:
+            # A checkpoint baseline keeps no features: its LR pass computes the norm (a hook on the
+            # head's classifier input), so the selector's own work is the threshold and upsampling.
+            norm = batch.placement.tensor(batch.val.magnitude_grid[batch.idx], channels_last=False)
+            return lambda: upsample_nearest(norm > threshold, factor, size)
+        return lambda: upsample_nearest(feature_magnitude(feats) > threshold, factor, size)
+
+
+class LearnedSelector(ScoredSelector):
+    """The learnable selector's probability that the LR prediction is wrong (supp. §2.1)."""
+
+    kind = "learnable"
+
+    def __init__(
+        self,
+        spec: SelectionSpec,
+        train: SplitOutputs,
+        *,
+        seed: int = 0,
+        learnable: Callable[[], LearnableSelector] | None = None,
+    ):
+        if learnable is None:
+            raise ValueError("the learnable selector needs its trained model")
+        self.model = learnable()
+        super().__init__(spec, train, seed=seed)
+
+    def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
+        # Recomputed on each call (deterministic): keeping them would hold a score map per image.
+        with torch.inference_mode():
+            return self.model(_normalized(split.images[index : index + 1]), split.logits(index))
+
+    def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
+        where = batch.placement
+        model = where.model(self.model, channels_last=True)
+        image = where.tensor(_normalized(batch.val.images[batch.idx]))
+        logits = where.tensor(upsample_nearest(batch.logits_lr, batch.factor, batch.size))
+        threshold = self.threshold
+        return lambda: model(image, logits) > threshold
+
+
+class RandomSelector(ResolvedSelector):
+    """Each pixel independently with the target density (seeded per image)."""
+
+    kind = "random"
+
+    def _target_density(self, train: SplitOutputs) -> float:
+        return _matched_density(self, train)
+
+    def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> Mask:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 7919 + salt)
+        shape = (1, *split.labels[index].shape[-2:])
+        return torch.rand(shape, generator=gen) < self.target_density
+
+    def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
+        device = batch.placement.device
+        shape = (len(batch.idx), *batch.val.labels[batch.idx[0]].shape[-2:])
+        density = self.target_density
+        gen = torch.Generator(device=device).manual_seed(batch.seed)
+        return lambda: torch.rand(shape, generator=gen, device=device) < density
+
+    def calibrated(self) -> bool:
+        return self.spec.density == 0  # matched to the entropy selector on train
+
+
+class OracleSelector(ResolvedSelector):
+    """Exactly the pixels the LR prediction gets wrong, read off the ground truth."""
+
+    kind = "oracle"
+    sweepable = False
+
+    def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> Mask:
+        return split.errors(index)
+
+    def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
+        logits_lr, factor, size = batch.logits_lr, batch.factor, batch.size
+        labels = batch.val.labels[batch.idx].to(batch.placement.device)
+        return lambda: upsample_nearest(logits_lr, factor, size).argmax(1) != labels
+
+
+SELECTOR_KINDS: dict[str, type[ResolvedSelector]] = {
+    cls.kind: cls for cls in (EntropySelector, MagnitudeSelector, RandomSelector, LearnedSelector, OracleSelector)
+}
+
+
+def build_selector(
+    spec: SelectionSpec,
+    train: SplitOutputs,
+    *,
+    seed: int = 0,
+    learnable: Callable[[], LearnableSelector] | None = None,
+) -> ResolvedSelector:
+    """The selector of ``spec``, calibrated on ``train``; ``learnable`` gives the trained model of the
+    learnable selector (called only by that kind)."""
+    return SELECTOR_KINDS[spec.selector](spec, train, seed=seed, learnable=learnable)
 
 
 def alpha_for_recall(train: SplitOutputs, recall: float) -> float:
     """The largest entropy threshold α whose selection (entropy > α) holds at least ``recall`` of the
     pixels the LR prediction gets wrong on ``train``."""
-    error_entropies = torch.cat([train.entropy(i)[train.errors(i)] for i in range(len(train))])
-    if error_entropies.numel() == 0:
+    error_entropies = per_image(train, lambda i: train.entropy(i)[train.errors(i)])
+
+    def rank_of_needed(n: int) -> list[int]:
+        """Ascending rank of the ``need``-th largest entropy, ``need`` the errors the recall takes."""
+        if n == 0:
+            return []
+        need = min(max(int(math.ceil(recall * n)), 1), n)
+        return [n - need]
+
+    _, needed = order_statistics(error_entropies, rank_of_needed)
+    if not needed:
         return float("inf")
-    ranked = torch.sort(error_entropies.float(), descending=True).values
-    need = min(max(int(math.ceil(recall * ranked.numel())), 1), ranked.numel())
-    return float(torch.nextafter(ranked[need - 1], torch.tensor(float("-inf"))))
+    entropy = torch.tensor(needed[0], dtype=torch.float32)
+    return float(torch.nextafter(entropy, torch.tensor(float("-inf"))))

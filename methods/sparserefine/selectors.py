@@ -1,19 +1,19 @@
-"""Pixel selectors (paper §3.2, Table 5a, supplementary §2.1).
+"""What pixel selectors are made of (paper §3.2, Table 5a, supplementary §2.1): entropy, feature
+magnitude, the LR errors, the learnable selector's network, density thresholds and the counts every
+selector is judged by against the pixels the LR prediction gets wrong (recall, precision, density).
 
-A selector turns the dense low-resolution outputs into a boolean mask ``[B, H, W]`` of pixels to
-refine. Every selector is judged against the pixels the LR prediction gets wrong (recall, precision)
-and by how many pixels it keeps (density).
+The selectors themselves, one class per kind, are in :mod:`methods.sparserefine.selection`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 ENTROPY_EPS = 1e-5  # the official code clamps probabilities at 1e-5 before the log
-SELECTORS = ("entropy", "magnitude", "random", "learnable", "oracle")
 
 
 def class_softmax(logits: torch.Tensor, dim: int = -1, log: bool = False) -> torch.Tensor:
@@ -38,23 +38,9 @@ def entropy_of_probs(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -(probs * torch.log(probs.clamp(min=ENTROPY_EPS))).sum(dim=dim)
 
 
-def entropy_select(logits: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Pixels whose entropy exceeds ``alpha``; logits [B, C, H, W] -> mask [B, H, W]."""
-    return entropy_map(logits) > alpha
-
-
 def feature_magnitude(features: torch.Tensor) -> torch.Tensor:
     """L2 norm over channels of the penultimate features [B, F, H, W] -> [B, H, W]."""
     return torch.linalg.vector_norm(features.float(), dim=1)
-
-
-def magnitude_select(features: torch.Tensor, threshold: float) -> torch.Tensor:
-    return feature_magnitude(features) > threshold
-
-
-def random_select(shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
-    """Each pixel independently with probability ``density``."""
-    return torch.rand(shape, generator=generator) < density
 
 
 def lr_errors(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
@@ -65,11 +51,6 @@ def lr_errors(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 25
 def prediction_errors(prediction: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """Pixels where a class map differs from the labels (ignored pixels are never errors)."""
     return (prediction != labels) & (labels != ignore_index)
-
-
-def oracle_select(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """The oracle selector: exactly the LR errors, read off the ground truth."""
-    return lr_errors(logits, labels, ignore_index)
 
 
 class LearnableSelector(nn.Module):
@@ -148,16 +129,103 @@ class SelectionCounts:
         }
 
 
+Chunks = Callable[[], Iterable[torch.Tensor]]  # re-iterable source of values, a few at a time
+_HALF_BITS = 16
+_HALF_BINS = 1 << _HALF_BITS
+
+
+def _sortable_keys(values: torch.Tensor) -> torch.Tensor:
+    """The float32 ``values`` as int64 keys in [0, 2**32) ordered like the floats (-0.0 just below
+    +0.0). NaN has no rank: it is refused."""
+    values = values.reshape(-1).float().contiguous()
+    if bool(values.isnan().any()):
+        raise ValueError("cannot rank NaN scores (the LR outputs or the selector's scores hold NaN)")
+    bits = values.view(torch.int32).long()
+    return torch.where(bits >= 0, bits + (1 << 31), -1 - bits)
+
+
+def _key_value(key: int) -> float:
+    bits = key - (1 << 31) if key >= (1 << 31) else -1 - key
+    return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32))
+
+
+def order_statistics(chunks: Chunks, ranks_of: Callable[[int], Sequence[int]]) -> tuple[int, list[float]]:
+    """The values at 0-based ascending ``ranks_of(n)`` of all ``n`` values the chunks hold, exactly
+    (as ``torch.sort`` of their concatenation would give), in two passes that keep one chunk and two
+    histograms of 2**16 bins: the first counts the high 16 bits of each value's order-preserving
+    32-bit key, the second the low 16 bits within the bins the ranks fall in. Returns ``(n, values)``.
+    """
+    high = torch.zeros(_HALF_BINS, dtype=torch.int64)
+    for chunk in chunks():
+        high += torch.bincount(_sortable_keys(chunk) >> _HALF_BITS, minlength=_HALF_BINS)
+    n = int(high.sum())
+    ranks = [int(r) for r in ranks_of(n)]
+    if not ranks:
+        return n, []
+    if any(not 0 <= r < n for r in ranks):
+        raise ValueError(f"ranks {ranks} out of range for {n} values")
+    below = torch.cumsum(high, 0)  # below[b]: values whose high bits are <= b
+    bins = [int(torch.searchsorted(below, r, right=True)) for r in ranks]
+    wanted = sorted(set(bins))
+    low = {b: torch.zeros(_HALF_BINS, dtype=torch.int64) for b in wanted}
+    for chunk in chunks():
+        keys = _sortable_keys(chunk)
+        top = keys >> _HALF_BITS
+        for b in wanted:
+            low[b] += torch.bincount(keys[top == b] & (_HALF_BINS - 1), minlength=_HALF_BINS)
+    values = []
+    for r, b in zip(ranks, bins, strict=True):
+        within = r - (int(below[b - 1]) if b > 0 else 0)
+        k = int(torch.searchsorted(torch.cumsum(low[b], 0), within, right=True))
+        values.append(_key_value((b << _HALF_BITS) | k))
+    return n, values
+
+
+def strided(chunks: Chunks, total: int, max_samples: int) -> Chunks:
+    """Every s-th value of the concatenated chunks (``total`` values; s = total // max_samples + 1
+    when there are more than ``max_samples``, else 1): a deterministic subsample, chunk by chunk."""
+    stride = total // max_samples + 1 if total > max_samples else 1
+    if stride == 1:
+        return chunks
+
+    def sampled() -> Iterator[torch.Tensor]:
+        offset = 0
+        for chunk in chunks():
+            flat = chunk.reshape(-1)
+            yield flat[(-offset) % stride :: stride]
+            offset += flat.numel()
+
+    return sampled
+
+
+def streamed_threshold_for_density(chunks: Chunks, total: int, density: float, max_samples: int = 2_000_000) -> float:
+    """The score threshold above which a fraction ``density`` of the scores lies, over scores read
+    chunk by chunk (``total`` of them): bit-identical to ``torch.quantile(flat, 1 - density)`` of the
+    concatenated scores, ``flat`` the stride subsample of :func:`strided` (kept so thresholds match
+    those computed before the calibration streamed; the quantile itself is exact at any size)."""
+    sample = strided(chunks, total, max_samples)
+    if density >= 1.0:
+        return order_statistics(sample, lambda n: [0])[1][0] - 1.0
+    if density <= 0.0:
+        return order_statistics(sample, lambda n: [n - 1])[1][0]
+    # torch.quantile's linear interpolation, in its float32 arithmetic
+    q = torch.tensor([1.0 - density], dtype=torch.float32)
+    rank = q  # the fractional rank q * (n - 1), set once the count n is known
+
+    def ranks_of(n: int) -> list[int]:
+        nonlocal rank
+        rank = q * (n - 1)
+        return [int(rank.long()), int(rank.ceil().long())]
+
+    _, (lower, upper) = order_statistics(sample, ranks_of)
+    weight = rank - rank.long()
+    below = torch.tensor([lower], dtype=torch.float32)
+    return float(below.lerp(torch.tensor([upper], dtype=torch.float32), weight))
+
+
 def threshold_for_density(scores: torch.Tensor, density: float, max_samples: int = 2_000_000) -> float:
     """The score threshold above which a fraction ``density`` of ``scores`` lies.
 
     Large inputs are subsampled with a fixed stride (deterministic), enough for a quantile.
     """
-    flat = scores.reshape(-1).float()
-    if flat.numel() > max_samples:
-        flat = flat[:: flat.numel() // max_samples + 1]
-    if density >= 1.0:
-        return float(flat.min()) - 1.0
-    if density <= 0.0:
-        return float(flat.max())
-    return float(torch.quantile(flat, 1.0 - density))
+    return streamed_threshold_for_density(lambda: [scores], scores.numel(), density, max_samples)

@@ -2,8 +2,11 @@
 
 Training: the extractor, the head and the gated ensembler are trained jointly with cross-entropy on
 the final refined logits at the selected pixels (255 ignored); AdamW, cosine schedule; random crops
-and horizontal flips (the paper's random rescaling is left out: it would need the LR baseline to be
-re-run on every rescaled image). Parameter-free ensemblers (direct, entropy, oracle) are applied
+(MMSegmentation's RandomCrop + Pad: an image smaller than the crop is padded, label 255, never
+selected) and horizontal flips (the paper's random rescaling is left out: it would need the LR
+baseline to be re-run on every rescaled image). Both training and evaluation read the split image
+by image (:meth:`SplitOutputs.stream`); evaluation runs each image at its own size.
+Parameter-free ensemblers (direct, entropy, oracle) are applied
 after the fact to a refiner trained with direct replacement, i.e. on its own refined logits: they
 all share that one training (see ``training_config``).
 """
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.artifacts import cached_artifact
+from methods.datasets.loading import crop_size, pad_to
 from methods.sparserefine.lr_outputs import SplitOutputs, upsample_nearest
 from methods.sparserefine.refiner import RefinerConfig, SparseRefiner, gather_pixels
 from methods.sparserefine.selection import ResolvedSelector
@@ -68,19 +72,29 @@ class Features:
     grid: torch.Tensor
     factor: int
 
-    def at(self, index: int | list[int]) -> torch.Tensor:
+    def at(self, index: int | list[int], size: tuple[int, int]) -> torch.Tensor:
+        """Full-resolution features [B, F, H, W] of images ``index`` of size ``size`` (an odd side's
+        grid holds ceil(side / factor) cells: the upsampled grid is cropped to it)."""
         grid = self.grid[index]
         if grid.dim() == 3:
             grid = grid.unsqueeze(0)
-        return upsample_nearest(grid.float(), self.factor)
+        return upsample_nearest(grid.float(), self.factor, size)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int, balance: float) -> torch.Tensor | None:
     """Weights ~ frequency ** -balance, normalised to a pixel-weighted mean of 1 (None if balance 0)."""
     if balance == 0:
         return None
-    valid = labels[labels != 255]
-    freq = torch.bincount(valid.reshape(-1), minlength=num_classes).double() / max(valid.numel(), 1)
+    return class_weights_from_counts(torch.bincount(labels.reshape(-1), minlength=256), num_classes, balance)
+
+
+def class_weights_from_counts(counts: torch.Tensor, num_classes: int, balance: float) -> torch.Tensor | None:
+    """:func:`class_weights` from pixel counts per label id (index 255 = void, left out)."""
+    if balance == 0:
+        return None
+    valid = torch.cat([counts[:255], counts[256:]])
+    classes = max(num_classes, int(torch.nonzero(valid).max()) + 1 if bool(valid.any()) else num_classes)
+    freq = valid[:classes].double() / max(int(valid.sum()), 1)
     weights = freq.clamp(min=1e-6) ** -balance
     return (weights / (weights * freq).sum()).float()
 
@@ -96,35 +110,53 @@ def _normalize(images: torch.Tensor) -> torch.Tensor:
     return normalize(images)
 
 
+@dataclass(frozen=True)
+class _Window:
+    """A training crop of one image: ``size`` at (top, left), padded to the batch's ``padded`` size
+    (bottom/right), optionally flipped. ``scale`` > 1 takes it from a grid ``scale`` times smaller."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    padded: tuple[int, int]
+    flip: bool
+
+    def take(self, x: torch.Tensor, scale: int = 1, value: float = 0.0) -> torch.Tensor:
+        rows = slice(self.top // scale, (self.top + self.height) // scale)
+        cols = slice(self.left // scale, (self.left + self.width) // scale)
+        x = pad_to(x[..., rows, cols], (self.padded[0] // scale, self.padded[1] // scale), value)
+        return x.flip(-1) if self.flip else x
+
+
 def _crop_batch(
     train: SplitOutputs,
-    masks: torch.Tensor,
+    selector: ResolvedSelector,
     features: Features | None,
     indices: list[int],
     settings: RefinerTraining,
     gen: torch.Generator,
 ):
-    h, w = train.images.shape[-2:]
     f = train.factor
-    # Crops start on the LR grid, so the LR outputs are cropped on their grid before upsampling.
-    ch, cw = min(settings.crop[0], h) // f * f, min(settings.crop[1], w) // f * f
+    # The batch's crop: the setting, clipped to the first image, on the LR grid (multiples of f).
+    batch_crop = crop_size(settings.crop, train.size(indices[0]), f)
     parts: dict[str, list[torch.Tensor]] = {"image": [], "logits": [], "labels": [], "mask": [], "feats": []}
     for i in indices:
+        h, w = train.size(i)
+        ch, cw = crop_size(batch_crop, (h, w), f)
+        # Crops start on the LR grid, so the LR outputs are cropped on their grid before upsampling.
         top = int(torch.randint((h - ch) // f + 1, (1,), generator=gen)) * f
         left = int(torch.randint((w - cw) // f + 1, (1,), generator=gen)) * f
         flip = settings.flip and bool(torch.rand((), generator=gen) < 0.5)
 
-        def take(x: torch.Tensor, scale: int = 1, flip: bool = flip, top: int = top, left: int = left):
-            x = x[..., top // scale : (top + ch) // scale, left // scale : (left + cw) // scale]
-            return x.flip(-1) if flip else x
-
-        parts["image"].append(_normalize(take(train.images[i : i + 1])))
-        parts["logits"].append(upsample_nearest(take(train.logits_grid[i : i + 1], f).float(), f))
-        parts["labels"].append(take(train.labels[i : i + 1]))
-        parts["mask"].append(take(masks[i : i + 1]))
+        window = _Window(top, left, ch, cw, batch_crop, flip)
+        parts["image"].append(window.take(_normalize(train.images[i : i + 1])))
+        parts["logits"].append(upsample_nearest(window.take(train.logits_grid[i : i + 1], f).float(), f))
+        parts["labels"].append(window.take(train.labels[i : i + 1], value=255))
+        parts["mask"].append(window.take(selector.mask(train, i), value=False))
         if features is not None:
             assert features.factor == f
-            parts["feats"].append(upsample_nearest(take(features.grid[i : i + 1], f).float(), f))
+            parts["feats"].append(upsample_nearest(window.take(features.grid[i : i + 1], f).float(), f))
     return {k: torch.cat(v) for k, v in parts.items() if v}
 
 
@@ -145,16 +177,20 @@ def train_refiner(
     steps_per_epoch = math.ceil(len(train) / settings.batch)
     total = settings.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
-    masks = torch.cat([selector.mask(train, i) for i in range(len(train))])
-    weights = class_weights(train.labels, config.num_classes, settings.class_balance)
+    weights = None
+    if settings.class_balance != 0:
+        weights = class_weights_from_counts(train.label_counts(), config.num_classes, settings.class_balance)
     losses: list[float] = []
     sites: list[int] = []
     t0 = time.perf_counter()
     for epoch in range(settings.epochs):
         order = torch.randperm(len(train), generator=gen).tolist()
+        reading = train.stream(order)  # reads ahead; each image is loaded once per epoch
         for step in range(steps_per_epoch):
             indices = order[step * settings.batch : (step + 1) * settings.batch]
-            crop = _crop_batch(train, masks, features, indices, settings, gen)
+            for index in indices:
+                assert next(reading) == index
+            crop = _crop_batch(train, selector, features, indices, settings, gen)
             pixels = gather_pixels(
                 crop["mask"], crop["image"], crop["logits"], config, crop.get("feats"), crop["labels"]
             )
@@ -278,7 +314,7 @@ def evaluate(
     counts = SelectionCounts()
     sites = 0
     use_labels = model.config.ensembler == "oracle"
-    for i in range(len(val)):
+    for i in val.stream(range(len(val))):
         logits = val.logits(i)
         labels = val.labels[i : i + 1]
         lr_pred = val.prediction(i)
@@ -289,7 +325,7 @@ def evaluate(
             _normalize(val.images[i : i + 1]),
             logits,
             model.config,
-            None if features is None else features.at(i),
+            None if features is None else features.at(i, val.size(i)),
             labels if use_labels else None,
         )
         # the final map differs from the LR one only at the refined pixels

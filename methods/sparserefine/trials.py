@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
-from harness import timing
 from harness.context import TrialContext
+from harness.devices import Placement
 from harness.registry import Metric, Param, trial
+from methods.mmseg_models.models import MMSEG_MODEL_NAMES
+from methods.sparserefine.selection import SELECTOR_KINDS
 
-SELECTOR_CHOICES = ("entropy", "magnitude", "random", "learnable", "oracle")
+SELECTOR_CHOICES = tuple(SELECTOR_KINDS)
 ENSEMBLER_CHOICES = ("direct", "entropy", "gated", "oracle")
 ARCH_CHOICES = ("minkunet4", "minkunet5", "minkunet6", "minkunet8", "pointnet")
 INPUT_CHOICES = ("rgb", "rgb+logits", "rgb+features", "rgb+logits+features")
@@ -69,7 +71,7 @@ REFINER_PARAMS = [
 def _experiment(ctx: TrialContext):
     from methods.sparserefine.experiment import Experiment
 
-    return Experiment(ctx)
+    return Experiment.of(ctx)
 
 
 # --- selectors --------------------------------------------------------------------------------
@@ -78,46 +80,11 @@ def _experiment(ctx: TrialContext):
 def _selector_latency_fn(ctx: TrialContext, exp, selector) -> Any:
     """A callable running the selector on ``ctx.batch_size`` val images, from the LR outputs as the
     LR model produces them (on its grid) to the full-resolution mask, in ``ctx.precision``."""
-    from methods.sparserefine.costs import lr_grid_entropy_mask
-    from methods.sparserefine.lr_outputs import upsample_nearest
+    from methods.sparserefine.selection import TimingBatch
 
-    val = exp.val
-    idx = [i % len(val) for i in range(ctx.batch_size)]
-    dtype = timing.precision_dtype(ctx.precision)
-    device = timing.check_device(ctx.device)
-    timing.probe_precision(ctx.precision, ctx.device)
-    factor = val.factor
-    kind = selector.spec.selector
-    logits_lr = val.logits_grid[idx].to(device, dtype)
-    if kind == "entropy":
-        alpha = selector.threshold
-        return lambda: lr_grid_entropy_mask(logits_lr, alpha, factor)
-    if kind == "magnitude":
-        feats = exp.features("val").grid[idx].to(device, dtype)
-        t = selector.threshold
-
-        def magnitude() -> torch.Tensor:
-            mask = torch.linalg.vector_norm(feats.float(), dim=1) > t
-            return upsample_nearest(mask, factor)
-
-        return magnitude
-    if kind == "random":
-        shape = (len(idx), *val.labels.shape[-2:])
-        d = selector.target_density
-        gen = torch.Generator(device=device).manual_seed(ctx.seed)
-        return lambda: torch.rand(shape, generator=gen, device=device) < d
-    if kind == "learnable":
-        from methods.datasets import normalize
-
-        model = timing.prepare_for_latency(
-            exp.learnable(), precision=ctx.precision, device=ctx.device, channels_last=True
-        )
-        image = timing.prepare_input(normalize(val.images[idx]), precision=ctx.precision, device=ctx.device)
-        logits = timing.prepare_input(upsample_nearest(logits_lr, factor), precision=ctx.precision, device=ctx.device)
-        t = selector.threshold
-        return lambda: model(image, logits) > t
-    labels = val.labels[idx].to(device)
-    return lambda: upsample_nearest(logits_lr, factor).argmax(1) != labels
+    idx = exp.val.stackable(ctx.batch_size)
+    batch = TimingBatch(exp.val, idx, ctx.placement(), ctx.seed, lambda: exp.features("val").grid[idx])
+    return selector.timed_call(batch)
 
 
 def _selection_stats(exp, selector, split: str):
@@ -125,7 +92,7 @@ def _selection_stats(exp, selector, split: str):
 
     data = exp.split(split)
     counts = SelectionCounts()
-    for i in range(len(data)):
+    for i in data.stream(range(len(data))):
         counts.update(selector.mask(data, i), data.errors(i))
     return counts
 
@@ -168,7 +135,6 @@ def selector_trial(ctx: TrialContext) -> None:
 
 
 CURVE_ENTROPY_POINTS = 24
-CURVE_DENSITIES = (0.01, 0.02, 0.034, 0.05, 0.069, 0.09, 0.118, 0.15, 0.19, 0.25, 0.35, 0.5, 0.7, 1.0)
 
 
 def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
@@ -189,7 +155,7 @@ def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
             str,
             "entropy",
             doc="pixel selector",
-            choices=("entropy", "magnitude", "random", "learnable"),
+            choices=tuple(kind for kind, cls in SELECTOR_KINDS.items() if cls.sweepable),
         ),
         Param("points", int, CURVE_ENTROPY_POINTS, doc="α values of the entropy sweep (log-spaced)", low=2),
     ],
@@ -201,29 +167,15 @@ def _interpolate(xs: list[float], ys: list[float], x: float) -> float:
     version="2",
 )
 def selector_curve_trial(ctx: TrialContext) -> None:
-    from methods.sparserefine.experiment import selection_spec
-    from methods.sparserefine.selectors import SelectionCounts
-
     exp = _experiment(ctx)
     kind = ctx.params["selector"]
-    val = exp.val
     points: list[dict[str, float]] = []
-    if kind == "entropy":
-        top = math.log(val.num_classes)
-        alphas = torch.logspace(-4, math.log10(top), ctx.params["points"]).tolist()
-        counts = {a: SelectionCounts() for a in alphas}
-        for i in range(len(val)):
-            errors, entropy = val.errors(i), val.entropy(i)
-            for a in alphas:
-                counts[a].update(entropy > a, errors)
-        points = [{"threshold": a, **c.as_dict()} for a, c in counts.items()]
-    else:
-        for d in CURVE_DENSITIES:
-            spec = selection_spec({"selector": kind, "alpha": 0.3, "density": d, "threshold": -1.0})
-            selector = exp.selector(spec)
-            c = _selection_stats(exp, selector, "val")
-            points.append({"threshold": selector.threshold, "target_density": d, **c.as_dict()})
-            ctx.progress(f"sparserefine: {kind} curve density {d}")
+    for spec in SELECTOR_KINDS[kind].curve_specs(ctx.params["points"], exp.val.num_classes):
+        selector = exp.selector(spec)
+        c = _selection_stats(exp, selector, "val")
+        target = {} if math.isnan(selector.target_density) else {"target_density": selector.target_density}
+        points.append({"threshold": selector.threshold, **target, **c.as_dict()})
+        ctx.progress(f"sparserefine: {kind} curve at threshold {selector.threshold:.4g}")
     densities = [p["density"] for p in points]
     ctx.record("recall_at_paper_density", _interpolate(densities, [p["recall"] for p in points], 11.8))
     ctx.record("precision_at_paper_density", _interpolate(densities, [p["precision"] for p in points], 11.8))
@@ -426,6 +378,11 @@ def pointrend_trial(ctx: TrialContext) -> None:
 
     p = ctx.params
     exp = _experiment(ctx)
+    if exp.lr_model.feature_channels is None:
+        from harness.errors import Unavailable
+
+        model = exp.lr_model.config.get("model", "")
+        raise Unavailable(f"PointRend's point head reads the LR baseline's features; {model} keeps none")
     train, val = exp.train, exp.val
     config = pr.PointRendConfig(
         train.num_classes, int(exp.lr_model.feature_channels), p["hidden"], p["layers"], p["scale"], p["density"]
@@ -434,15 +391,15 @@ def pointrend_trial(ctx: TrialContext) -> None:
         config, train, exp.features("train").grid, exp.training.epochs, exp.training.lr, ctx.seed, ctx.progress
     )
     feats = exp.features("val").grid
-    height, width = val.labels.shape[-2:]
-    size = pr.reduced_size(height, width, config.scale)
-    k = pr.points_per_image(size, config.density)
     refined, lr = ConfusionMatrix(val.num_classes), ConfusionMatrix(val.num_classes)
+    points = pixels = 0
     with torch.inference_mode():
-        for i in range(len(val)):
-            points = pr.select_points(val.logits_grid[i : i + 1], feats[i : i + 1], size, k)
-            refined.update(pr.predict(head, points, (height, width)), val.labels[i : i + 1])
+        for i in val.stream(range(len(val))):
+            grid, selected = pr.image_points(val, feats, i, config)
+            refined.update(pr.predict(head, selected, grid.full), val.labels[i : i + 1])
             lr.update(val.prediction(i), val.labels[i : i + 1])
+            points += grid.k
+            pixels += grid.full[0] * grid.full[1]
     hr = exp.hr_reference()
     hr_cm = ConfusionMatrix(hr["num_classes"])
     hr_cm.counts = hr["counts"].clone()
@@ -451,24 +408,23 @@ def pointrend_trial(ctx: TrialContext) -> None:
     ctx.record("miou_lr", lr_miou)
     ctx.record("miou_hr", hr_miou)
     ctx.record("gap_closed", 100.0 * (miou - lr_miou) / (hr_miou - lr_miou) if hr_miou != lr_miou else float("nan"))
-    ctx.record("density", 100.0 * k / (height * width))
+    ctx.record("density", 100.0 * points / pixels)
     ctx.record("train_seconds", record["seconds"])
-    ctx.note("training", {**record, "grid": list(size), "epochs": exp.training.epochs, "lr": exp.training.lr})
+    sizes = sorted({pr.reduced_size(*val.size(i), config.scale) for i in range(len(val))})
+    grids = [list(s) for s in sizes]
+    grid_note = grids[0] if len(grids) == 1 else grids
+    ctx.note("training", {**record, "grid": grid_note, "epochs": exp.training.epochs, "lr": exp.training.lr})
     if p["measure_latency"]:
-        idx = [i % len(val) for i in range(ctx.batch_size)]
-        dtype = timing.precision_dtype(ctx.precision)
-        device = timing.check_device(ctx.device)
-        timing.probe_precision(ctx.precision, ctx.device)
-        model = timing.prepare_for_latency(head, precision=ctx.precision, device=ctx.device, channels_last=False)
-        logits = val.logits_grid[idx].to(device, dtype)
-        grid_feats = feats[idx].to(device, dtype)
+        idx = val.stackable(ctx.batch_size)
+        timed = pr.ImageGrid.of(val.size(idx[0]), config, val.factor)
+        dtype = ctx.placement().dtype
 
-        def run() -> torch.Tensor:
-            points = pr.select_points(logits, grid_feats, size, k)
+        def run(model: torch.nn.Module, logits: torch.Tensor, grid_feats: torch.Tensor) -> torch.Tensor:
+            points = timed.points(logits, grid_feats)
             points.fine, points.coarse = points.fine.to(dtype), points.coarse.to(dtype)
-            return pr.predict(model, points, (height, width))
+            return pr.predict(model, points, timed.full)
 
-        ctx.measure("latency", run)
+        ctx.time_model("latency", head, val.logits_grid[idx], feats[idx], call=run, channels_last=False)
 
 
 SIZE_METRICS = [
@@ -570,17 +526,22 @@ def _measure_refinement(ctx: TrialContext, exp, model, selector) -> None:
     from methods.sparserefine.refiner import gather_pixels
 
     val = exp.val
-    idx = [i % len(val) for i in range(ctx.batch_size)]
-    model = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device, channels_last=False)
-    images = timing.prepare_input(normalize(val.images[idx]), precision=ctx.precision, device=ctx.device)
-    logits = timing.prepare_input(val.logits(idx), precision=ctx.precision, device=ctx.device)
-    masks = torch.cat([selector.mask(val, i) for i in idx]).to(images.device)
+    idx = val.stackable(ctx.batch_size)
+    where = ctx.placement()
+    # images and logits channels_last (placed here, they stay so); the sparse refiner is not
+    images = where.tensor(normalize(val.images[idx]))
+    logits = where.tensor(val.logits(idx))
+    masks = torch.cat([selector.mask(val, i) for i in idx])
+    config = model.config
+    # the "+features" inputs are gathered from the LR features; the oracle ensembler reads the labels
+    features = where.tensor(exp.features("val").at(idx, val.size(idx[0]))) if config.uses_features else None
+    labels = val.labels[idx].to(where.device) if config.ensembler == "oracle" else None
 
-    def run() -> torch.Tensor:
-        pixels = gather_pixels(masks, images, logits, model.config)
-        return model(pixels)[0]
+    def run(refiner, masks: torch.Tensor, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        pixels = gather_pixels(masks, images, logits, refiner.config, features, labels)
+        return refiner(pixels, use_labels=labels is not None)[0]
 
-    ctx.measure("latency", run)
+    ctx.time_model("latency", model, masks, images, logits, call=run, channels_last=False)
 
 
 # --- costs ------------------------------------------------------------------------------------
@@ -614,11 +575,11 @@ def _pipeline_inputs(ctx: TrialContext, exp):
     from methods.datasets import normalize
 
     val = exp.val
-    idx = [i % len(val) for i in range(ctx.batch_size)]
-    return timing.prepare_input(normalize(val.images[idx]), precision=ctx.precision, device=ctx.device)
+    idx = val.stackable(ctx.batch_size)
+    return _dense_placement(ctx, exp).tensor(normalize(val.images[idx]))
 
 
-def _paper_grid_pixels(exp, model, batch_size: int, precision: str, device: str):
+def _paper_grid_pixels(exp, model, batch_size: int, where: Placement):
     """Selected pixels on the paper's 1024×2048 grid at the paper's 11.8% density: the val images'
     LR entropy maps, bilinearly resized to that grid, thresholded at their 88.2% quantile (so the
     selection has the spatial structure of real entropy maps); inputs are the resized images."""
@@ -629,13 +590,13 @@ def _paper_grid_pixels(exp, model, batch_size: int, precision: str, device: str)
     from methods.sparserefine.selectors import threshold_for_density
 
     val = exp.val
-    idx = [i % len(val) for i in range(batch_size)]
+    idx = val.stackable(batch_size)
     entropy = F.interpolate(val.entropy(idx).unsqueeze(1), size=PAPER_GRID, mode="bilinear")[:, 0]
     mask = entropy > threshold_for_density(entropy, PAPER_DENSITY)
     images = F.interpolate(normalize(val.images[idx]), size=PAPER_GRID, mode="bilinear")
     logits = F.interpolate(val.logits(idx), size=PAPER_GRID, mode="nearest")
-    images = timing.prepare_input(images, precision=precision, device=device, channels_last=False)
-    logits = timing.prepare_input(logits, precision=precision, device=device, channels_last=False)
+    images = where.tensor(images, channels_last=False)
+    logits = where.tensor(logits, channels_last=False)
     return gather_pixels(mask.to(images.device), images, logits, model.config)
 
 
@@ -676,46 +637,77 @@ def breakdown_trial(ctx: TrialContext) -> None:
 
     exp = _experiment(ctx)
     model, alpha = _main_refiner(ctx, exp)
+    lr_net, hr_net = _dense_network(exp.lr_model), _dense_network(exp.hr_model)
     # MACs first, in fp32 on the CPU, before the modules are folded and cast for timing.
     images_fp32 = _pipeline_inputs(ctx, exp).float().cpu()
     h, w = images_fp32.shape[-2:]
     with torch.inference_mode():
-        probe = SparseRefinePipeline(exp.lr_model.module, model, alpha)
+        probe = SparseRefinePipeline(lr_net, model, alpha)
         macs = count_macs(model, probe.select(images_fp32, probe.dense(images_fp32)))
         grid_macs = None
         if ctx.params["paper_grid"]:
-            grid_macs = count_macs(model, _paper_grid_pixels(exp, model, ctx.batch_size, "fp32", "cpu"))
+            cpu_fp32 = Placement(torch.device("cpu"))
+            grid_macs = count_macs(model, _paper_grid_pixels(exp, model, ctx.batch_size, cpu_fp32))
     ctx.record("extractor_gmacs", macs.extractor / 1e9)
     ctx.record("head_gmacs", macs.head / 1e9)
     ctx.record("ensembler_gmacs", macs.ensembler / 1e9)
-    ctx.record("lr_gmacs", ctx.batch_size * _dense_macs(exp.lr_model.module, h // 2, w // 2) / 1e9)
-    ctx.record("hr_gmacs", ctx.batch_size * _dense_macs(exp.hr_model.module, h, w) / 1e9)
+    lr_h, lr_w = -(-h // 2), -(-w // 2)  # the LR grid: ceil(side / 2)
+    ctx.record("lr_gmacs", ctx.batch_size * _dense_macs(lr_net, lr_h, lr_w) / 1e9)
+    ctx.record("hr_gmacs", ctx.batch_size * _dense_macs(hr_net, h, w) / 1e9)
     ctx.note("sparse_convs", [list(c) for c in macs.convs])
 
-    lr_module = timing.prepare_for_latency(exp.lr_model.module, precision=ctx.precision, device=ctx.device)
-    refiner = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device, channels_last=False)
+    where = _dense_placement(ctx, exp)
+    lr_module = where.model(lr_net)
+    refiner = where.model(model, channels_last=False)
     pipeline = SparseRefinePipeline(lr_module, refiner, alpha, factor=2)
     images = _pipeline_inputs(ctx, exp)
-    with torch.inference_mode():
+    with torch.inference_mode(), where.running():
         logits_lr = pipeline.dense(images)
         pixels = pipeline.select(images, logits_lr)
         y2 = refiner.refine(pixels)
     ctx.record("density", 100.0 * pixels.coords.shape[0] / (ctx.batch_size * h * w))
-    ctx.measure("lr_latency", lambda: pipeline.dense(images))
-    ctx.measure("selector_latency", lambda: pipeline.select(images, logits_lr))
-    ctx.measure("extractor_latency", lambda: refiner.refine(pixels))
-    ctx.measure("ensembler_latency", lambda: refiner.ensembler(pixels.y1, y2))
-    ctx.measure("total_latency", lambda: pipeline(images))
-    hr_module = timing.prepare_for_latency(exp.hr_model.module, precision=ctx.precision, device=ctx.device)
-    ctx.measure("hr_latency", lambda: hr_module(images))
+    ctx.measure("lr_latency", _running(where, lambda: pipeline.dense(images)))
+    ctx.measure("selector_latency", _running(where, lambda: pipeline.select(images, logits_lr)))
+    ctx.measure("extractor_latency", _running(where, lambda: refiner.refine(pixels)))
+    ctx.measure("ensembler_latency", _running(where, lambda: refiner.ensembler(pixels.y1, y2)))
+    ctx.measure("total_latency", _running(where, lambda: pipeline(images)))
+    ctx.time_model("hr_latency", hr_net, images, autocast=_is_checkpoint(exp.hr_model))
     ctx.record("speedup", ctx.metrics["hr_latency"].value / ctx.metrics["total_latency"].value)
     parts = ("lr_latency", "selector_latency", "extractor_latency", "ensembler_latency")
     ctx.note("component_sum_ms", sum(ctx.metrics[k].value for k in parts))
     if grid_macs is not None:
-        grid_pixels = _paper_grid_pixels(exp, refiner, ctx.batch_size, ctx.precision, ctx.device)
-        ctx.measure("extractor_latency_paper_grid", lambda: refiner.refine(grid_pixels))
+        grid_pixels = _paper_grid_pixels(exp, refiner, ctx.batch_size, where)
+        ctx.measure("extractor_latency_paper_grid", _running(where, lambda: refiner.refine(grid_pixels)))
         ctx.record("extractor_gmacs_paper_grid", grid_macs.extractor / 1e9)
         ctx.note("paper_grid_sites", int(grid_pixels.coords.shape[0]))
+
+
+def _is_checkpoint(baseline) -> bool:
+    from methods.baselines.frozen import CheckpointBaseline
+
+    return isinstance(baseline, CheckpointBaseline)
+
+
+def _dense_network(baseline) -> torch.nn.Module:
+    """The network of a frozen baseline to count and time: an embedded CNN's module (loaded for this
+    unit), or a checkpoint's network built afresh (the one that computes LR outputs is shared by the
+    process's units and must not be BN-folded or cast in place by a timing placement)."""
+    return baseline.build() if _is_checkpoint(baseline) else baseline.module
+
+
+def _dense_placement(ctx: TrialContext, exp) -> Placement:
+    """Where the LR pipeline is timed: mmseg networks build fp32 tensors inside their forward, so
+    with a checkpoint LR baseline weights stay fp32 and reduced precision runs under autocast (as
+    baseline.latency runs them)."""
+    return ctx.placement(autocast=_is_checkpoint(exp.lr_model))
+
+
+def _running(where: Placement, fn):
+    def run():
+        with where.running():
+            return fn()
+
+    return run
 
 
 @trial(
@@ -734,19 +726,17 @@ def breakdown_trial(ctx: TrialContext) -> None:
 def latency_trial(ctx: TrialContext) -> None:
     from methods.sparserefine.costs import SparseRefinePipeline
 
-    timing.check_device(ctx.device)
-    timing.probe_precision(ctx.precision, ctx.device)
     exp = _experiment(ctx)
     model, alpha = _main_refiner(ctx, exp)
-    lr_module = timing.prepare_for_latency(exp.lr_model.module, precision=ctx.precision, device=ctx.device)
-    refiner = timing.prepare_for_latency(model, precision=ctx.precision, device=ctx.device, channels_last=False)
-    pipeline = SparseRefinePipeline(lr_module, refiner, alpha, factor=2)
+    where = _dense_placement(ctx, exp)
+    lr_module = where.model(_dense_network(exp.lr_model))
+    pipeline = SparseRefinePipeline(lr_module, where.model(model, channels_last=False), alpha)
     images = _pipeline_inputs(ctx, exp)
-    with torch.inference_mode():
+    with torch.inference_mode(), where.running():
         pixels = pipeline.select(images, pipeline.dense(images))
     h, w = images.shape[-2:]
     ctx.record("density", 100.0 * pixels.coords.shape[0] / (ctx.batch_size * h * w))
-    ctx.measure("latency", lambda: pipeline(images))
+    ctx.measure("latency", _running(where, lambda: pipeline(images)))
 
 
 @trial(
@@ -755,7 +745,7 @@ def latency_trial(ctx: TrialContext) -> None:
     "(default HRNet-W48) on the full grid against the same model on the x2-downsampled image + "
     "entropy selector + the paper-size MinkUNet at the paper's density + gated ensembler.",
     params=[
-        Param("model", str, "hrnet_w48", doc="mmseg baseline (methods.mmseg_models)"),
+        Param("model", str, "hrnet_w48", doc="mmseg baseline (methods.mmseg_models)", choices=MMSEG_MODEL_NAMES),
         Param("height", int, PAPER_GRID[0], doc="full-resolution grid height", low=32),
         Param("width", int, PAPER_GRID[1], doc="full-resolution grid width", low=32),
         Param(
@@ -792,8 +782,7 @@ def paper_model_latency_trial(ctx: TrialContext) -> None:
     p = ctx.params
     if p["model"] not in mmseg_model_names():
         raise ValueError(f"model must be an mmseg baseline ({', '.join(mmseg_model_names())}), got {p['model']!r}")
-    device = timing.check_device(ctx.device)
-    timing.probe_precision(ctx.precision, ctx.device)
+    where = ctx.placement()
     height, width = p["height"], p["width"]
     ctx.progress(f"building {p['density']}% masks on {height}x{width}")
     masks = dataset_masks(ctx.dataset, ctx.batch_size, height, width, p["density"] / 100.0, ctx.seed)
@@ -809,12 +798,10 @@ def paper_model_latency_trial(ctx: TrialContext) -> None:
     ctx.record("density", 100.0 * float(masks.mask.float().mean()))
 
     ctx.progress(f"building {p['model']}")
-    dense_model = timing.prepare_for_latency(
-        build_model(p["model"], p["num_classes"]), precision=ctx.precision, device=ctx.device
-    )
-    refiner = timing.prepare_for_latency(refiner, precision=ctx.precision, device=ctx.device, channels_last=False)
-    images = timing.prepare_input(images, precision=ctx.precision, device=ctx.device)
-    pipeline = SparseRefinePipeline(dense_model, refiner, alpha=0.3, factor=2, fixed_mask=masks.mask.to(device))
+    dense_model = where.model(build_model(p["model"], p["num_classes"]))
+    refiner = where.model(refiner, channels_last=False)
+    images = where.tensor(images)
+    pipeline = SparseRefinePipeline(dense_model, refiner, alpha=0.3, factor=2, fixed_mask=masks.mask.to(where.device))
     with torch.inference_mode():
         logits_lr = pipeline.dense(images)
         pixels = pipeline.select(images, logits_lr)

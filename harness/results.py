@@ -195,6 +195,45 @@ def gate_ids(identities: list[UnitIdentity], runs: list[int] | None = None) -> l
     return out
 
 
+class IdentityFields:
+    """Read-through properties of ``self.identity`` (a :class:`UnitIdentity`), shared by the suite's
+    units and the stored result rows."""
+
+    identity: UnitIdentity
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.identity.params
+
+    @property
+    def precision(self) -> str:
+        return self.identity.precision
+
+    @property
+    def batch_size(self) -> int:
+        return self.identity.batch_size
+
+    @property
+    def device(self) -> str:
+        return self.identity.device
+
+    @property
+    def label(self) -> str:
+        return self.identity.label
+
+    @property
+    def section(self) -> str:
+        return self.identity.section
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.identity.dataset
+
+    @property
+    def baselines(self) -> dict[str, Any]:
+        return self.identity.baselines
+
+
 @dataclass(frozen=True)
 class MetricValue:
     """One recorded metric: value, unit, which direction is better, and raw samples (timings)."""
@@ -207,7 +246,7 @@ class MetricValue:
 
 
 @dataclass(frozen=True)
-class ResultRow:
+class ResultRow(IdentityFields):
     """One unit result: what the runner stores and the store returns (``id``/``run_id`` set then)."""
 
     key: str
@@ -229,34 +268,6 @@ class ResultRow:
     @property
     def trial(self) -> str:
         return self.identity.trial
-
-    @property
-    def label(self) -> str:
-        return self.identity.label
-
-    @property
-    def section(self) -> str:
-        return self.identity.section
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.identity.params
-
-    @property
-    def precision(self) -> str:
-        return self.identity.precision
-
-    @property
-    def batch_size(self) -> int:
-        return self.identity.batch_size
-
-    @property
-    def device(self) -> str:
-        return self.identity.device
-
-    @property
-    def dataset(self) -> dict[str, Any]:
-        return self.identity.dataset
 
     @property
     def ok(self) -> bool:

@@ -23,7 +23,7 @@ from harness.devices import parse_device
 from harness.errors import UserError
 from harness.registry import AXES, PRECISIONS, TrialSpec, did_you_mean, get_trial, validate_settings
 from harness.reports.layout import ReportLayout, parse_layout
-from harness.results import UnitIdentity, suite_name_of
+from harness.results import IdentityFields, UnitIdentity, suite_name_of
 from harness.timing import TimingConfig
 
 SCALES = ("smoke", "default", "paper")
@@ -76,7 +76,11 @@ class _Located:
     def override(self, path: tuple[Any, ...]) -> str | None:
         """The ``--set`` behind ``path``: one setting it or a key inside it (the most specific)."""
         related = [p for p in self.overrides if p == path[: len(p)] or path == p[: len(path)]]
-        return self.overrides[max(related, key=len)] if related else None
+        if not related:
+            return None
+        longest = max(map(len, related))
+        # several equally specific (dataset.name and dataset.root behind a dataset error): name them all
+        return ", --set ".join(self.overrides[p] for p in related if len(p) == longest)
 
     def line(self, path: tuple[Any, ...]) -> int | None:
         while path:
@@ -223,7 +227,7 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Unit:
+class Unit(IdentityFields):
     """One executable cell: a trial with resolved parameters and axes at one scale."""
 
     suite: str
@@ -238,40 +242,8 @@ class Unit:
             object.__setattr__(self, "key", self.identity.key)
 
     @property
-    def params(self) -> dict[str, Any]:
-        return self.identity.params
-
-    @property
-    def precision(self) -> str:
-        return self.identity.precision
-
-    @property
-    def batch_size(self) -> int:
-        return self.identity.batch_size
-
-    @property
-    def device(self) -> str:
-        return self.identity.device
-
-    @property
-    def label(self) -> str:
-        return self.identity.label
-
-    @property
-    def section(self) -> str:
-        return self.identity.section
-
-    @property
     def scale_settings(self) -> dict[str, Any]:
         return self.identity.scale
-
-    @property
-    def dataset(self) -> dict[str, Any]:
-        return self.identity.dataset
-
-    @property
-    def baselines(self) -> dict[str, Any]:
-        return self.identity.baselines
 
     @property
     def seed(self) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_sparserefine_streaming import VOC_SIZES, write_voc
+from test_sparserefine_streaming import VOC_SIZES, suite_text, write_voc
 
 from methods.sparserefine import pointrend as pr
 from methods.sparserefine.lr_outputs import PerImage, SplitOutputs
@@ -54,20 +54,6 @@ RANDOM_WEIGHT_TRIALS = f"""  - trial: sparserefine.paper_model_latency
 """
 # What a checkpoint LR baseline cannot give (an mmseg head's features are not kept per image).
 NO_FEATURES = "keeps none"
-
-
-def suite_text(name: str, root: Path, benchmarks: str, baselines: str = "") -> str:
-    return f"""name: {name}
-seed: 1
-dataset: {{name: voc, root: "{root}"}}
-timing: {{warmup: 0, iters: 1}}
-scales:
-  smoke:
-    baseline: {{iters: 6, batch_size: 2, warmup_iters: 1}}
-    sparserefine: {{epochs: 1, batch: 2, crop: [64, 96], learnable_selector: {{steps: 2, batch: 2, crop: [64, 96]}}}}
-matrix: {{precision: [fp32], batch_size: [2], device: [cpu]}}
-{baselines}
-{benchmarks}"""
 
 
 def run_suite(tmp_path: Path, text: str, name: str):

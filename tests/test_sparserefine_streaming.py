@@ -100,6 +100,25 @@ def embedded_lr(tmp_path_factory):
     return artifacts, model
 
 
+def suite_text(name: str, root: Path, benchmarks: str, baselines: str = "", learnable_steps: int = 2) -> str:
+    """A smoke-scale suite on the VOC folder at ``root`` (mixed sizes) running ``benchmarks``."""
+    return f"""name: {name}
+seed: 1
+dataset: {{name: voc, root: "{root}"}}
+timing: {{warmup: 0, iters: 1}}
+scales:
+  smoke:
+    baseline: {{iters: 6, batch_size: 2, warmup_iters: 1}}
+    sparserefine:
+      epochs: 1
+      batch: 2
+      crop: [64, 96]
+      learnable_selector: {{steps: {learnable_steps}, batch: 2, crop: [64, 96]}}
+matrix: {{precision: [fp32], batch_size: [2], device: [cpu]}}
+{baselines}
+{benchmarks}"""
+
+
 def in_memory(split: SplitOutputs) -> SplitOutputs:
     """The same split with every field stacked in memory (one batch)."""
     return SplitOutputs(
@@ -292,17 +311,7 @@ def test_every_selector_kind_runs_on_images_of_different_sizes(tmp_path: Path) -
     # val image 0, whose size the timed batches take, is the odd-sided 75x101
     root = write_voc(tmp_path / "voc", VOC_SIZES, num_train=3, num_val=3)
     suite = tmp_path / "mixed.yaml"
-    suite.write_text(
-        f"""name: mixed
-seed: 1
-dataset: {{name: voc, root: "{root}"}}
-timing: {{warmup: 0, iters: 1}}
-scales:
-  smoke:
-    baseline: {{iters: 6, batch_size: 2, warmup_iters: 1}}
-    sparserefine: {{epochs: 1, batch: 2, crop: [64, 96], learnable_selector: {{steps: 3, batch: 2, crop: [64, 96]}}}}
-matrix: {{precision: [fp32], batch_size: [2], device: [cpu]}}
-benchmarks:
+    benchmarks = f"""benchmarks:
   - trial: sparserefine.selector
     params: {{recall: 0.8}}
     matrix: {{selector: {ALL_SELECTORS}}}
@@ -310,7 +319,7 @@ benchmarks:
     params: {{recall: 0.8, width_mult: 0.125, reps: 1, measure_latency: true}}
     matrix: {{selector: {ALL_SELECTORS}}}
 """
-    )
+    suite.write_text(suite_text("mixed", root, benchmarks, learnable_steps=3))
     db = f"sqlite:///{tmp_path / 'results.db'}"
     args = ["run", str(suite), "--scale", "smoke", "--db", db, "--artifacts", str(tmp_path / "art")]
     main([*args, "--threads", "1", "--no-progress"])

@@ -17,6 +17,7 @@ a :class:`harness.errors.UserError` naming the path.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from harness.errors import Unavailable, UserError
@@ -89,6 +90,8 @@ def _check_spec(spec: dict[str, Any]) -> str:
     root = spec.get("root")
     if root is not None and not isinstance(root, str):
         raise UserError(f"dataset key 'root' must be a path string, got {root!r}")
+    if root and not Path(root).expanduser().is_dir():
+        raise UserError(f"dataset {name}: root directory {root} is missing (not a directory)")
     if name != "embedded":
         if (spec.get("height") is None) != (spec.get("width") is None):
             raise UserError(f"dataset {name}: give both height and width to resize, or neither")

@@ -147,6 +147,6 @@ def test_spec_errors_are_user_errors(tmp_path: Path) -> None:
         build_dataset(spec(tmp_path, seed=-1), "train")
     with pytest.raises(Unavailable, match="no root given"):  # a unit on absent data: unavailable, not an error
         build_dataset({"name": "cityscapes"}, "train")
-    with pytest.raises(UserError, match="missing"):  # a root given but wrong: the user's error
+    with pytest.raises(UserError, match="does not exist"):  # a root given but wrong: the user's error
         build_dataset({"name": "cityscapes", "root": str(tmp_path / "missing")}, "train")
     assert dataset_identity(spec(tmp_path))["generator"]

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 import methods
 from harness.cli import main
+from harness.errors import UserError
 from harness.results import results_frame
 from harness.suite import load_suite
 
@@ -42,11 +44,15 @@ def test_table2_suite_runs_each_entry_on_its_dataset() -> None:
     assert all("height" not in d and "num_train" not in d for d in paper.values())  # null: own size, whole split
 
 
-def test_a_root_given_to_one_entry_reaches_only_its_units() -> None:
-    suite = load_suite(SUITES / "table2.yaml", ["benchmarks.0.dataset.root=/data/VOCdevkit"])
+def test_a_root_given_to_one_entry_reaches_only_its_units(tmp_path: Path) -> None:
+    root = tmp_path / "VOCdevkit"
+    root.mkdir()  # checked at load: a root that does not exist is the user's error (exit 2)
+    suite = load_suite(SUITES / "table2.yaml", [f"benchmarks.0.dataset.root={root}"])
     with_root = [u for u in suite.units("smoke") if "root" in u.dataset]
     assert {(u.trial.name, u.dataset["name"]) for u in with_root} == {("baseline.evaluate", "voc")}
-    assert {u.dataset["root"] for u in with_root} == {"/data/VOCdevkit"}
+    assert {u.dataset["root"] for u in with_root} == {str(root)}
+    with pytest.raises(UserError, match="does not exist"):
+        load_suite(SUITES / "table2.yaml", [f"benchmarks.0.dataset.root={tmp_path / 'not-there'}"])
 
 
 def test_table2_reference_block_is_the_papers_table() -> None:

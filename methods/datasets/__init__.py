@@ -17,7 +17,6 @@ a :class:`harness.errors.UserError` naming the path.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from harness.errors import Unavailable, UserError
@@ -31,7 +30,7 @@ from methods.datasets.base import (
     collate,
     normalize,
 )
-from methods.datasets.catalog import REAL_LAYOUTS, build_real_dataset, layout_options
+from methods.datasets.catalog import REAL_LAYOUTS, build_real_dataset, existing_root, layout_options
 from methods.datasets.embedded import (
     EMBEDDED_CLASSES,
     GENERATOR_VERSION,
@@ -90,8 +89,8 @@ def _check_spec(spec: dict[str, Any]) -> str:
     root = spec.get("root")
     if root is not None and not isinstance(root, str):
         raise UserError(f"dataset key 'root' must be a path string, got {root!r}")
-    if root and not Path(root).expanduser().is_dir():
-        raise UserError(f"dataset {name}: root directory {root} is missing (not a directory)")
+    if root and name in REAL_LAYOUTS:
+        existing_root(name, root)  # checked at suite load too: a wrong path fails before anything runs
     if name != "embedded":
         if (spec.get("height") is None) != (spec.get("width") is None):
             raise UserError(f"dataset {name}: give both height and width to resize, or neither")

@@ -38,6 +38,16 @@ def layout_options(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def existing_root(name: str, root: str | Path) -> Path:
+    """``root`` as a directory path; UserError naming it if it is missing or not a directory."""
+    root_path = Path(root).expanduser()
+    if not root_path.exists():
+        raise UserError(f"{name}: dataset root {root_path} does not exist (set dataset.root)")
+    if not root_path.is_dir():
+        raise UserError(f"{name}: dataset root {root_path} is not a directory (set dataset.root)")
+    return root_path
+
+
 def build_real_dataset(
     name: str,
     root: str | Path,
@@ -48,11 +58,7 @@ def build_real_dataset(
 ) -> FilePairDataset:
     layout = REAL_LAYOUTS[name]
     resolved = layout_options(name, options or {})
-    root_path = Path(root).expanduser()
-    if not root_path.exists():
-        raise UserError(f"{name}: dataset root {root_path} does not exist (set dataset.root)")
-    if not root_path.is_dir():
-        raise UserError(f"{name}: dataset root {root_path} is not a directory (set dataset.root)")
+    root_path = existing_root(name, root)
     files = layout.find_files(root_path, split, resolved)
     if limit is not None:
         files = files[:limit]

@@ -80,6 +80,27 @@ def test_wrapped_checkpoint_loads_and_lr_runs_on_the_downsampled_image(hrnet, tm
     assert baseline.config["model"] == "mmseg:hrnet_w48" and len(baseline.config["checkpoint_sha256"]) == 64
 
 
+def test_features_are_placed_on_the_logits_grid(hrnet, tmp_path: Path) -> None:
+    """Known answer: the classifier is a 1x1 conv and mmseg's resize is linear, so the classifier
+    applied to the features on the LR grid gives back the LR logits, odd and padded sizes included
+    (a misplaced resize would not). The magnitude is their norm, placed the same way."""
+    model, wrapped, _, _ = hrnet
+    baseline = load_checkpoint_baseline(choice(wrapped), VOC_CLASSES, "voc", tmp_path, False, lambda m: None)
+    assert baseline.feature_channels == 720 and baseline.caches_features is False
+    images = torch.randint(0, 256, (1, 3, 75, 101), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    grid = baseline.predict_grid(images, features=True)
+    assert grid.features is not None and grid.features.shape == (1, 720, 38, 51)  # input 38x51, padded 64x64
+    assert baseline.predict_grid(images).features is None  # only when asked
+    conv_seg = model.segmentor.decode_head.conv_seg
+    with torch.inference_mode():
+        again = conv_seg(grid.features)
+    scale = grid.logits.abs().max()
+    assert torch.allclose(again, grid.logits, rtol=0, atol=1e-5 * float(scale))
+    norm = torch.linalg.vector_norm(grid.features, dim=1)
+    # the norm is resized, not the features: equal where bilinear weights are trivial, close elsewhere
+    assert torch.allclose(grid.magnitude, norm, rtol=0.05)
+
+
 def test_bare_state_dict_loads(hrnet, tmp_path: Path) -> None:
     model, _, state, folder = hrnet
     bare = folder / "bare.pth"

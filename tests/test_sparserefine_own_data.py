@@ -52,8 +52,6 @@ RANDOM_WEIGHT_TRIALS = f"""  - trial: sparserefine.paper_model_latency
     params: {{model: hrnet_w48, height: 64, width: 96, lr_height: 32, lr_width: 48, {SMALL}, num_classes: 21,
              count_macs: false}}
 """
-# What a checkpoint LR baseline cannot give (an mmseg head's features are not kept per image).
-NO_FEATURES = "keeps none"
 
 
 def run_suite(tmp_path: Path, text: str, name: str):
@@ -108,17 +106,20 @@ def test_every_sparserefine_trial_runs_on_images_of_different_sizes(voc: Path, t
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """An HRNet-W48 for VOC's 21 classes in MMSeg's checkpoint format (fp16 tensors, ``module.``)."""
+def checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    """An HRNet-W48 for VOC's 21 classes in MMSeg's checkpoint format (fp16 tensors, ``module.``),
+    and the built model holding exactly the file's (fp16-rounded) weights."""
     from methods.datasets.real import VOC_CLASSES
     from methods.mmseg_models import build_mmseg_model
 
     torch.manual_seed(0)
     model = build_mmseg_model("hrnet_w48", num_classes=len(VOC_CLASSES)).eval()
-    state = {f"module.{k}": v.half() if v.is_floating_point() else v for k, v in model.segmentor.state_dict().items()}
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.segmentor.state_dict().items()}
+    model.segmentor.load_state_dict(state)
     path = tmp_path_factory.mktemp("checkpoints") / "hrnet_voc.pth"
-    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": state}, path)
-    return path
+    wrapped = {f"module.{k}": v for k, v in state.items()}
+    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": wrapped}, path)
+    return path, model
 
 
 CHECKPOINT_BENCHMARKS = f"""benchmarks:
@@ -130,35 +131,95 @@ CHECKPOINT_BENCHMARKS = f"""benchmarks:
     cases:
       - {{label: rgb}}
       - {{label: features, inputs: rgb+features}}
+      - {{label: logits and features, inputs: rgb+logits+features}}
   - trial: sparserefine.breakdown
     params: {{recall: 0.8, {SMALL}, paper_grid: false}}
   - trial: sparserefine.pointrend
-    params: {{hidden: 8, layers: 1}}
+    params: {{hidden: 8, layers: 1, measure_latency: true}}
 """
 
 
-def test_checkpoint_lr_baseline_runs_the_selector_pipeline_and_breakdown_trials(
-    voc: Path, checkpoint: Path, tmp_path: Path
+def test_checkpoint_lr_baseline_runs_every_unit_features_included(
+    voc: Path, checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path
 ) -> None:
-    """With ``baselines.lr`` an mmseg checkpoint every unit is ok, except those that read the LR
-    features (an mmseg head's are not kept): those end ``unavailable`` saying so."""
-    baselines = f'baselines: {{lr: {{model: "mmseg:hrnet_w48", checkpoint: "{checkpoint}"}}}}'
+    """With ``baselines.lr`` an mmseg checkpoint every unit is ok, those that read the LR features
+    (the "+features" inputs, PointRend) included: the features are computed per image on demand,
+    and none are written to the artifacts."""
+    path, _ = checkpoint
+    baselines = f'baselines: {{lr: {{model: "mmseg:hrnet_w48", checkpoint: "{path}"}}}}'
     rows = run_suite(tmp_path, suite_text("own_ckpt", voc, CHECKPOINT_BENCHMARKS, baselines), "own_ckpt")
-    assert len(rows) == 5 + 2 + 1 + 1
-    status = {(r.trial, r.label or r.params.get("selector")): (r.status, r.error) for r in rows}
-    needs_features = {("sparserefine.pipeline", "features"), ("sparserefine.pointrend", None)}
-    for key, (state, error) in status.items():
-        if key in needs_features:
-            assert state == "unavailable" and NO_FEATURES in error and "mmseg:hrnet_w48" in error, key
-        else:
-            assert state == "ok", (key, error)
+    assert len(rows) == 5 + 3 + 1 + 1
+    failed = {(r.trial, r.label or r.params.get("selector")): (r.status, r.error) for r in rows if r.status != "ok"}
+    assert not failed
     _, every_pixel = labelled_and_all_pixels(voc)
     for row in rows:
         if row.trial == "sparserefine.selector":
             assert row.notes["counts"]["pixels"] == every_pixel
             assert "latency" in row.metrics  # magnitude: thresholding the norm the LR pass computed
+    pipeline = {r.label: r for r in rows if r.trial == "sparserefine.pipeline"}
+    for label in ("features", "logits and features"):
+        assert pipeline[label].params["inputs"].endswith("+features")
+        assert "latency" in pipeline[label].metrics and pipeline[label].notes["training"]["steps"] >= 1
+    # the LR figures of every unit are the same frozen outputs', whatever the refiner reads
+    assert len({r.metrics["miou_lr"].value for r in rows if "miou_lr" in r.metrics}) == 1
+    pointrend = next(r for r in rows if r.trial == "sparserefine.pointrend")
+    assert len(pointrend.notes["training"]["grid"]) == 3 and "latency" in pointrend.metrics
+    assert pointrend.notes["training"]["steps"] >= 1
     breakdown = next(r for r in rows if r.trial == "sparserefine.breakdown")
     assert breakdown.metrics["lr_gmacs"].value > 0 and breakdown.metrics["speedup"].value > 0
+    from methods.sparserefine.lr_outputs import FEATURES_KIND, OUTPUTS_KIND
+
+    artifacts = tmp_path / "art"
+    assert list(artifacts.rglob(f"*{OUTPUTS_KIND}*"))  # the per-image LR outputs are cached ...
+    assert not list(artifacts.rglob(f"*{FEATURES_KIND}*"))  # ... the features never written
+
+
+def test_checkpoint_features_on_demand_are_the_hooked_classifier_input(
+    voc: Path, checkpoint: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    """Known answer: image i's on-demand LR features are the input of the checkpoint model's
+    classifier (``decode_head.conv_seg``) in a direct forward on that image's x2-downsampled input,
+    placed as mmseg places the logits (bilinear to the input padded to 32, cropped), in fp16."""
+    import torch.nn.functional as F
+
+    from methods.baselines.frozen import load_checkpoint_baseline, parse_choice
+    from methods.datasets import build_dataset, normalize
+    from methods.datasets.real import VOC_CLASSES
+    from methods.sparserefine.lr_outputs import LROutputsSource, lr_features, lr_outputs, to_fp16
+    from methods.sparserefine.training import Features
+
+    path, model = checkpoint
+    choice = parse_choice("lr", {"model": "mmseg:hrnet_w48", "checkpoint": str(path)})
+    baseline = load_checkpoint_baseline(choice, VOC_CLASSES, "voc", tmp_path, False, lambda m: None)
+    assert baseline.feature_channels == 720  # HRNet-W48's head: 48 + 96 + 192 + 384 channels
+    dataset = {"name": "voc", "root": str(voc)}
+    source = LROutputsSource(baseline, dataset, tmp_path / "art", lambda m: None)
+    split = lr_outputs(source, "val")
+    features, factor = lr_features(source, "val")
+    assert factor == split.factor == 2
+    hooked: list[torch.Tensor] = []
+    hook = model.segmentor.decode_head.conv_seg.register_forward_pre_hook(lambda _m, args: hooked.append(args[0]))
+    val = build_dataset(dataset, "val")
+    try:
+        for i in [0, 1, 2, 0]:  # the last read comes back from the images kept in memory
+            h, w = val[i].label.shape
+            x = F.avg_pool2d(F.pad(normalize(val[i].image[None]), (0, w % 2, 0, h % 2), mode="replicate"), 2)
+            hooked.clear()
+            with torch.inference_mode():
+                logits = model(x)
+            gh, gw = x.shape[-2:]
+            padded = (math.ceil(gh / 32) * 32, math.ceil(gw / 32) * 32)
+            expected = F.interpolate(hooked[-1], size=padded, mode="bilinear", align_corners=False)[..., :gh, :gw]
+            got = features[i]
+            assert got.shape == (720, math.ceil(h / 2), math.ceil(w / 2)) == features.item_shape(i)
+            assert got.shape[-2:] == split.logits_grid[i].shape[-2:] == logits.shape[-2:]
+            assert got.dtype == torch.float16 and got.device.type == "cpu" and not got.is_inference()
+            assert torch.equal(got, to_fp16(expected[0]))
+    finally:
+        hook.remove()
+    # as the consumers read them: nearest-upsampled to the image's own size (odd sides cropped)
+    full = Features(features, factor).at(0, split.size(0))
+    assert full.shape == (1, 720, *split.size(0)) and torch.equal(full[0, :, ::2, ::2], features[0].float())
 
 
 # --- PointRend on images of different sizes: known answers --------------------------------------

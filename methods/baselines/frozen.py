@@ -12,6 +12,12 @@ class count checked against the dataset's. The LR kind runs on the x2-downsample
 logits are used on that grid (nearest-upsampled to full resolution, paper §4.1); Mask2Former's
 class probabilities arrive as log(clip(p, 1e-10)) logits (:class:`MMSegLogitsModel`).
 
+The penultimate features (the input of the decode head's classifier, captured by a hook) give the
+magnitude score and, for the "+features" refiner inputs and PointRend, the features themselves:
+resized onto the logits' grid exactly as mmseg resizes the logits (bilinear to the padded input,
+then cropped). They are computed on demand per image, never stored (``caches_features``): an
+HRNet-W48 head's 720 channels would be ~47 MB per Cityscapes image at the head's own resolution.
+
 A malformed block, an unknown model, a missing checkpoint file or one that cannot be read is
 reported when the suite is loaded (one line, exit 2, nothing run); the class count against the
 dataset is checked when a trial first builds the baseline.
@@ -42,6 +48,8 @@ _CHOICE_KEYS = ("model", "checkpoint")
 _URL = re.compile(r"^https?://", re.IGNORECASE)
 # State-dict keys whose first dimension is the number of classes (plus one "no object" for Mask2Former).
 _CLASS_KEYS = (("decode_head.conv_seg.weight", 0), ("decode_head.cls_embed.weight", 1))
+# Bump when a change alters what a checkpoint baseline's outputs are (part of its identity).
+OUTPUTS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,13 @@ def checkpoint_classes(state_dict: dict[str, torch.Tensor]) -> int | None:
     return None
 
 
+def checkpoint_feature_channels(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """Channels of the features a segmentor's per-pixel classifier reads (``conv_seg``'s input),
+    None for a head without one (Mask2Former classifies masks)."""
+    weight = state_dict.get(_CLASS_KEYS[0][0])
+    return None if weight is None or weight.dim() < 2 else int(weight.shape[1])
+
+
 # --- checkpoint baselines --------------------------------------------------------------------------
 
 
@@ -219,6 +234,8 @@ class CheckpointBaseline:
     config: dict[str, Any]
     build: Callable[[], torch.nn.Module] = field(repr=False)
     device: str = "cpu"
+    # conv_seg's input channels, read from the checkpoint (None: no per-pixel classifier)
+    head_channels: int | None = None
 
     @cached_property
     def module(self) -> torch.nn.Module:
@@ -243,32 +260,53 @@ class CheckpointBaseline:
 
     @property
     def feature_channels(self) -> int | None:
-        # Stored per image only for the embedded CNNs: an mmseg head's features (e.g. HRNet's 720
-        # channels) would be gigabytes per image on the LR grid.
-        return None
+        return self.head_channels
+
+    @property
+    def caches_features(self) -> bool:
+        """False: the LR-outputs cache computes these features on demand (``features=True``)
+        instead of storing them per image (gigabytes per image on the LR grid)."""
+        return False
 
     @torch.inference_mode()
-    def predict_grid(self, images_uint8: torch.Tensor, bf16: bool = False) -> GridOutputs:
+    def predict_grid(self, images_uint8: torch.Tensor, bf16: bool = False, features: bool = False) -> GridOutputs:
+        """Outputs on the LR (or HR) grid; ``features``: also the classifier-input features there
+        (fp32 [B, F, h, w]; None for a head without a per-pixel classifier)."""
         module = self.module
         captured: list[torch.Tensor] = module.captured_features
         x = model_input(images_uint8.to(self.device), self.kind)
         captured.clear()
-        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
-            logits = module(x).float()
-        size = tuple(logits.shape[-2:])
-        if captured:
-            # The norm at the head's own resolution, resized like mmseg resizes the logits.
-            norm = torch.linalg.vector_norm(captured[-1].float(), dim=1, keepdim=True)
-            magnitude = F.interpolate(norm, size=size, mode="bilinear", align_corners=False)[:, 0]
+        try:
+            with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+                logits = module(x).float()
+            head = captured[-1].float() if captured else None
+        finally:
+            captured.clear()
+        size = (int(logits.shape[-2]), int(logits.shape[-1]))
+        if head is not None:
+            # the norm at the head's own resolution (cheap), placed like the logits
+            norm = torch.linalg.vector_norm(head, dim=1, keepdim=True)
+            magnitude = on_logits_grid(norm, module, size)[:, 0]
         else:  # Mask2Former: no per-pixel classifier input; the top score stands in
             magnitude = logits.max(dim=1).values
-        captured.clear()
-        return GridOutputs(logits.cpu(), magnitude.cpu(), None, self.grid_factor)
+        grid_features = on_logits_grid(head, module, size).cpu() if features and head is not None else None
+        return GridOutputs(logits.cpu(), magnitude.cpu(), grid_features, self.grid_factor)
 
     @torch.inference_mode()
     def predict(self, images_uint8: torch.Tensor, bf16: bool = False) -> tuple[torch.Tensor, None]:
         grid = self.predict_grid(images_uint8, bf16=bf16)
         return to_full_resolution(grid.logits, grid.factor, tuple(images_uint8.shape[-2:])), None
+
+
+def on_logits_grid(head_output: torch.Tensor, network: torch.nn.Module, size: tuple[int, int]) -> torch.Tensor:
+    """A decode head's map [B, K, h', w'] placed where mmseg places its logits for an input of
+    ``size``: bilinear to the input padded to ``network.size_divisor`` (the decode head's
+    ``align_corners``), then cropped to ``size`` (:class:`MMSegLogitsModel`)."""
+    divisor = int(getattr(network, "size_divisor", 1))
+    padded = (-(-size[0] // divisor) * divisor, -(-size[1] // divisor) * divisor)
+    align = bool(getattr(getattr(network.segmentor, "decode_head", None), "align_corners", False))
+    resized = F.interpolate(head_output, size=padded, mode="bilinear", align_corners=align)
+    return resized[..., : size[0], : size[1]]
 
 
 def _with_feature_capture(network: torch.nn.Module) -> torch.nn.Module:
@@ -281,12 +319,22 @@ def _with_feature_capture(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
-_IDENTITIES: dict[tuple[str, int, int], str] = {}
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What one read of a checkpoint file tells: the sha256 of its bytes (the baseline's identity)
+    and its classifier's input channels (None: no per-pixel classifier)."""
+
+    sha256: str
+    feature_channels: int | None
 
 
-def _checked_identity(path: Path, classes: int, dataset_name: str, choice: BaselineChoice, trusted: bool) -> str:
-    """Read ``path`` once per file version: its class count must match the dataset's. Returns the
-    sha256 of its bytes (the baseline's identity)."""
+_IDENTITIES: dict[tuple[str, int, int], CheckpointFacts] = {}
+
+
+def _checked_identity(
+    path: Path, classes: int, dataset_name: str, choice: BaselineChoice, trusted: bool
+) -> CheckpointFacts:
+    """Read ``path`` once per file version: its class count must match the dataset's."""
     from methods.mmseg_models.checkpoint import extract_state_dict
     from methods.safe_load import safe_torch_load
 
@@ -297,13 +345,14 @@ def _checked_identity(path: Path, classes: int, dataset_name: str, choice: Basel
     if key not in _IDENTITIES:
         state_dict = extract_state_dict(safe_torch_load(path, trusted=trusted), path)
         found = checkpoint_classes(state_dict)
+        channels = checkpoint_feature_channels(state_dict)
         del state_dict
         if found is not None and found != classes:
             raise UserError(
                 f"checkpoint {path} predicts {found} classes, dataset {dataset_name} has {classes} "
                 f"(baselines.{choice.kind})"
             )
-        _IDENTITIES[key] = file_identity(path)
+        _IDENTITIES[key] = CheckpointFacts(file_identity(path), channels)
     return _IDENTITIES[key]
 
 
@@ -324,7 +373,7 @@ def load_checkpoint_baseline(
 
     assert choice.checkpoint is not None
     path = local_checkpoint(choice.checkpoint, artifacts_dir, progress)
-    sha = _checked_identity(path, len(classes), dataset_name, choice, trusted)
+    facts = _checked_identity(path, len(classes), dataset_name, choice, trusted)
 
     def build() -> torch.nn.Module:
         progress(f"building {choice.name} for the {choice.kind.upper()} baseline")
@@ -332,8 +381,15 @@ def load_checkpoint_baseline(
         load_state_dict_checked(network, extract_state_dict(safe_torch_load(path, trusted=trusted), path), path)
         return network.eval().to(device)
 
-    config = {"model": choice.model, "kind": choice.kind, "checkpoint_sha256": sha, "classes": len(classes)}
-    return CheckpointBaseline(choice.kind, classes, config, build, device=device)
+    config = {
+        "model": choice.model,
+        "kind": choice.kind,
+        "checkpoint_sha256": facts.sha256,
+        "classes": len(classes),
+        # 2: the magnitude placed on the padded input's grid, as mmseg places the logits
+        "outputs": OUTPUTS_VERSION,
+    }
+    return CheckpointBaseline(choice.kind, classes, config, build, device=device, head_channels=facts.feature_channels)
 
 
 def frozen_baseline(

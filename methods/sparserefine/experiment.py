@@ -96,6 +96,8 @@ class Experiment:
         return self.split("val")
 
     def features(self, split: str) -> Features:
+        """The LR features of ``split``: read from the per-image cache, or computed per image on
+        demand for a checkpoint baseline (:func:`lr_features`)."""
         key = f"features-{split}"
         if key not in self._cache:
             grid, factor = lr_features(self.lr_source, split)
@@ -164,7 +166,10 @@ class Experiment:
                 from harness.errors import Unavailable
 
                 model = self.lr_model.config.get("model")
-                raise Unavailable(f"inputs {params['inputs']} need the LR baseline's features; {model} keeps none")
+                raise Unavailable(
+                    f"inputs {params['inputs']} need the LR baseline's per-pixel features; {model} has no "
+                    "per-pixel classifier to take them from"
+                )
             feature_channels = int(self.lr_model.feature_channels)
         return RefinerConfig(
             num_classes=self.train.num_classes,

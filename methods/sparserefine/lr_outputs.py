@@ -5,6 +5,9 @@ in the dense low-resolution inference is trained in advance and keeps frozen"). 
 split writes, per image, the logits on the LR grid (fp16; nearest-upsampled on use, ``factor``
 times) with the L2 norm of the penultimate features (the magnitude selector's score), and, when the
 baseline has them, the features themselves on the same grid (fp16, for the "+features" inputs).
+A baseline whose features are too large to store (an mmseg checkpoint: ``caches_features`` False)
+gives them on demand instead: reading image i's features runs the frozen LR network on that image
+(:func:`lr_features`; a few images kept in memory, nothing written).
 Each image is one artifact (:func:`methods.artifacts.cached_artifact`: checksummed, atomic),
 keyed by the baseline's identity, the dataset's identity (without its size limits, so a larger
 ``num_train`` reuses the images already done), the split and the image; a small manifest per split
@@ -37,6 +40,9 @@ PREDICT_BATCH = 4
 FORMAT = 2
 # Per-image records kept in memory: the one in use, its batch, and what a loop re-reads right after.
 RECORD_CACHE = 8
+# Images whose on-demand LR features are kept in memory (an HRNet-W48 image of VOC: ~70 MB in fp16):
+# a training batch's crops and a timed batch re-read the same few images.
+FEATURE_CACHE = 2
 OUTPUTS_KIND = "sparserefine-lr-outputs"
 FEATURES_KIND = "sparserefine-lr-features"
 MANIFEST_KIND = "sparserefine-lr-manifest"
@@ -352,6 +358,12 @@ def _write_outputs(
     return {"names": names, "sizes": sizes, "factor": int(factor), "num_classes": int(data.num_classes)}
 
 
+def stores_features(model: Any) -> bool:
+    """Whether the LR pass writes ``model``'s penultimate features per image (the embedded CNNs) or
+    they are computed on demand (``caches_features`` False: mmseg checkpoints)."""
+    return model.feature_channels is not None and bool(getattr(model, "caches_features", True))
+
+
 @dataclass
 class LROutputsSource:
     """What an LR-outputs cache needs to know about the frozen baseline: the model (``predict_grid``,
@@ -371,7 +383,7 @@ def _prepare(source: LROutputsSource, split: str) -> tuple[Any, OutputsKey, dict
         {"baseline": source.model.config, "data": image_identity(source.dataset), "split": split, "format": FORMAT},
         _names(data),
     )
-    keep_features = source.model.feature_channels is not None
+    keep_features = stores_features(source.model)
     manifest_config = {**key.split_identity, "names": list(key.names), "features": keep_features}
     manifest = cached_artifact(
         source.artifacts_dir,
@@ -408,7 +420,7 @@ def lr_outputs(source: LROutputsSource, split: str) -> SplitOutputs:
     """Images, labels and frozen LR outputs of ``split``, streamed from the per-image cache (built on
     first use in one LR pass)."""
     data, key, manifest = _prepare(source, split)
-    keep_features = source.model.feature_channels is not None
+    keep_features = stores_features(source.model)
     reader = SplitReader(data, key, _rebuild_one(source, data, key, keep_features), workers=source.workers)
     sizes = [tuple(s) for s in manifest["sizes"]]
     factor = int(manifest["factor"])
@@ -427,15 +439,20 @@ def lr_outputs(source: LROutputsSource, split: str) -> SplitOutputs:
 
 
 def lr_features(source: LROutputsSource, split: str) -> tuple[PerImage, int]:
-    """The LR penultimate features of ``split`` on their grid (fp16, read per image) and the grid
-    factor. Written by the same LR pass as :func:`lr_outputs`."""
+    """The LR penultimate features of ``split`` on the logits' grid (fp16 [F, h, w] on the CPU, read
+    per image) and the grid factor: stored by the same LR pass as :func:`lr_outputs`, or computed on
+    demand for a baseline that does not store them."""
     if source.model.feature_channels is None:
         from harness.errors import Unavailable
 
         raise Unavailable(f"the LR baseline {source.model.config.get('model', '')} exposes no penultimate features")
     data, key, manifest = _prepare(source, split)
-    rebuild = _rebuild_one(source, data, key, keep_features=True)
     factor = int(manifest["factor"])
+    channels = int(source.model.feature_channels)
+    shapes = [(channels, math.ceil(h / factor), math.ceil(w / factor)) for h, w in manifest["sizes"]]
+    if not stores_features(source.model):
+        return PerImage(_features_on_demand(source.model, data), shapes), factor
+    rebuild = _rebuild_one(source, data, key, keep_features=True)
 
     def read(index: int) -> torch.Tensor:
         def build() -> dict[str, Any]:
@@ -446,9 +463,28 @@ def lr_features(source: LROutputsSource, split: str) -> tuple[PerImage, int]:
 
         return cached_artifact(key.artifacts_dir, FEATURES_KIND, key.config(index), build)["features_grid"]
 
-    channels = int(source.model.feature_channels)
-    shapes = [(channels, math.ceil(h / factor), math.ceil(w / factor)) for h, w in manifest["sizes"]]
     return PerImage(read, shapes), factor
+
+
+def _features_on_demand(model: Any, data: Any) -> Callable[[int], torch.Tensor]:
+    """``read(i)``: image i's LR features, from a run of the frozen ``model`` on that image alone (as
+    stored ones would be: fp16, on the CPU); the last :data:`FEATURE_CACHE` images are kept."""
+    kept: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def read(index: int) -> torch.Tensor:
+        if index in kept:
+            kept.move_to_end(index)
+            return kept[index]
+        grid = model.predict_grid(data[index].image.unsqueeze(0), features=True)
+        if grid.features is None:
+            raise RuntimeError(f"the LR baseline {model.config.get('model', '')} gave no features for image {index}")
+        with torch.inference_mode(False):  # a plain tensor, as one read from disk (usable by autograd)
+            kept[index] = to_fp16(grid.features[0].cpu())
+        while len(kept) > FEATURE_CACHE:
+            kept.popitem(last=False)
+        return kept[index]
+
+    return read
 
 
 def hr_evaluation(

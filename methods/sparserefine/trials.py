@@ -382,7 +382,10 @@ def pointrend_trial(ctx: TrialContext) -> None:
         from harness.errors import Unavailable
 
         model = exp.lr_model.config.get("model", "")
-        raise Unavailable(f"PointRend's point head reads the LR baseline's features; {model} keeps none")
+        raise Unavailable(
+            f"PointRend's point head reads the LR baseline's features; {model} has no per-pixel classifier to "
+            "take them from"
+        )
     train, val = exp.train, exp.val
     config = pr.PointRendConfig(
         train.num_classes, int(exp.lr_model.feature_channels), p["hidden"], p["layers"], p["scale"], p["density"]

@@ -241,3 +241,25 @@ def test_labels_are_read_per_item(tmp_path: Path) -> None:
     assert torch.is_tensor(dataset[0].label)
     with pytest.raises(UserError, match="cannot read label .*img-005052.png"):
         dataset[1]
+
+
+def test_a_missing_root_on_the_command_line_is_one_line_exit_2_and_the_database_is_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    from harness.cli import main
+    from harness.store import Store
+
+    db = tmp_path / "h.db"
+    url = f"sqlite:///{db}"
+    Store(url).engine.dispose()
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    suite = str(Path(__file__).resolve().parents[1] / "suites" / "table5.yaml")
+    missing = tmp_path / "VOCdevkit"
+    args = ["run", suite, "--scale", "smoke", "--db", url, "--no-progress"]
+    assert main([*args, "--set", "dataset.name=voc", "--set", f"dataset.root={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error: ") and err.count("\n") == 1, err
+    assert f"dataset root {missing} does not exist" in err
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before

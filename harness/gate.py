@@ -21,6 +21,10 @@ reported, not failed.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from harness.ab import ABPlan, ABResult, ABUnavailable, run_ab
+from harness.ab import ABPlan, ABResult, ABUnavailable, commit_reachable, repo_root, run_ab, worktree
 from harness.compare import Change, finite, judge_ab, judge_value
 from harness.compare import is_gated_value as _is_gated_value
 from harness.compare import is_timed as _is_timed
@@ -271,6 +275,56 @@ def measure_ab(
     return ABOutcome(results, notes=tuple(notes))
 
 
+def same_machine_reference(
+    baseline: dict[str, Any], suite_path: Path | None, scale: str, threads: int | None, console: Console
+) -> tuple[dict[str, Any], str]:
+    """The baseline with its deterministic values re-measured here: the baseline's commit, checked out
+    in a temporary worktree, runs the suite on this machine at the run's thread count, and its values
+    replace the stored ones. Trained models' figures depend on the CPU's summation order, so values
+    stored on another machine are not a fair reference. Falls back to the stored values (and says
+    why) when the commit or the suite file is not at hand."""
+    base_sha = str(baseline.get("provenance", {}).get("git_sha", ""))
+    if suite_path is None:
+        return baseline, "no suite file to re-run"
+    try:
+        root = repo_root(suite_path.resolve().parent)
+    except Exception:  # noqa: BLE001 - not in a git checkout
+        return baseline, "the suite is not in a git checkout"
+    if not commit_reachable(root, base_sha):
+        return baseline, f"the baseline's commit {base_sha[:12] or '(none)'} is not in this clone"
+    relative = suite_path.resolve().relative_to(root)
+    with tempfile.TemporaryDirectory(prefix="harness-ref-") as scratch, worktree(root, base_sha) as tree:
+        url = f"sqlite:///{Path(scratch) / 'reference.db'}"
+        command = [sys.executable, "-m", "harness.cli", "run", str(tree / relative), "--scale", scale, "--db", url,
+                   "--artifacts", str(Path(scratch) / "artifacts"), "--no-progress"]  # fmt: skip
+        if threads:
+            command += ["--threads", str(threads)]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        console.print(f"accuracy reference: the baseline's commit {base_sha[:12]} re-run on this machine")
+        done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)
+        if done.returncode not in (0, 1):
+            tail = " ".join(done.stderr.split()[-30:])
+            return baseline, f"re-running the baseline's commit failed (exit {done.returncode}): {tail}"
+        reference = Store(url, create=False, check_version=False)
+        reference.upgrade()  # written by the baseline commit's (older) schema
+        rows = reference.results(suite=baseline["suite"], latest_per_unit=True)
+        measured = snapshot(rows)
+    units = {}
+    for ident, unit in baseline["units"].items():
+        again = measured.get(ident)
+        if again is None or again["status"] != Status.OK.value:
+            units[ident] = unit
+            continue
+        metrics = {
+            name: {**m, "value": again["metrics"][name]["value"]}
+            if is_gated_value(m) and not is_timed(m) and name in again["metrics"]
+            else m
+            for name, m in unit["metrics"].items()
+        }
+        units[ident] = {**unit, "metrics": metrics}
+    return {**baseline, "units": units}, ""
+
+
 def run_check(
     store: Store,
     target: str,
@@ -298,6 +352,9 @@ def run_check(
         min_effect=min_effect, accuracy_tolerance=accuracy_tolerance, alpha=alpha, rounds=rounds
     )
     if ab:
+        baseline, why_stored = same_machine_reference(baseline, suite_path, prov["scale"], prov.get("threads"), console)
+        if why_stored:
+            console.print(f"[yellow]accuracy against the stored values[/] (not re-measured here: {escape(why_stored)})")
         outcome = measure_ab(baseline, suite_path, settings, prov["scale"], artifacts, console)
     else:
         outcome = ABOutcome({}, unavailable="--no-ab given")

@@ -289,3 +289,23 @@ def test_identity_ignores_parameters_of_labelled_units() -> None:
     assert labelled.key != replace(labelled, params={"a": 2}).key  # a unit key still tells them apart
     bare = replace(labelled, label="")
     assert bare.gate_id != replace(bare, params={"a": 2}).gate_id
+
+
+@pytest.mark.slow
+def test_values_are_judged_against_the_baseline_commit_re_run_on_this_machine(ab_repo: Path, tmp_path: Path) -> None:
+    """A value stored on another machine (a trained model's figure moves with the CPU's summation
+    order) is re-measured here from the baseline's commit; without the A/B the stored value is used."""
+    db, baseline = f"sqlite:///{tmp_path / 'r.db'}", tmp_path / "baseline.json"
+    assert _harness(ab_repo, "run", "suites/absuite.yaml", "--db", db, "--no-progress").returncode == 0
+    assert (
+        _harness(ab_repo, "baseline", "save", "suites/absuite.yaml", "--db", db, "--out", str(baseline)).returncode == 0
+    )
+    data = json.loads(baseline.read_text())
+    for unit in data["units"].values():  # as if stored elsewhere: a gated value off by 1 (tolerance 0.3)
+        unit["metrics"]["gmacs"].update(better="higher", value=unit["metrics"]["gmacs"]["value"] + 1.0)
+    baseline.write_text(json.dumps(data))
+    here = _harness(ab_repo, "check", "suites/absuite.yaml", "--db", db, "--baseline", str(baseline))
+    assert "re-run on this machine" in here.stdout, here.stdout + here.stderr
+    assert "regression:" not in here.stdout and here.returncode == 0, here.stdout + here.stderr
+    stored = _harness(ab_repo, "check", "suites/absuite.yaml", "--db", db, "--baseline", str(baseline), "--no-ab")
+    assert stored.returncode == 1 and "gmacs" in stored.stdout, stored.stdout + stored.stderr

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from harness.errors import UserError
 from harness.registry import settings_validator
+from methods.artifacts import file_sha256
 from methods.baselines.baseline import KINDS, GridOutputs, grid_factor, model_input, to_full_resolution
 from methods.baselines.models import ARCH_NAMES
 
@@ -209,15 +210,6 @@ def local_checkpoint(checkpoint: str, artifacts_dir: Path, progress: Any) -> Pat
     return target
 
 
-def file_identity(path: Path) -> str:
-    """sha256 of a checkpoint's bytes (a changed file is a different baseline)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # Built networks kept in this process (a suite's units share one LR and one HR checkpoint; building
 # and loading a large mmseg model takes seconds).
 _NETWORKS: dict[tuple[Any, ...], torch.nn.Module] = {}
@@ -352,7 +344,7 @@ def _checked_identity(
                 f"checkpoint {path} predicts {found} classes, dataset {dataset_name} has {classes} "
                 f"(baselines.{choice.kind})"
             )
-        _IDENTITIES[key] = CheckpointFacts(file_identity(path), channels)
+        _IDENTITIES[key] = CheckpointFacts(file_sha256(path), channels)
     return _IDENTITIES[key]
 
 
@@ -390,6 +382,23 @@ def load_checkpoint_baseline(
         "outputs": OUTPUTS_VERSION,
     }
     return CheckpointBaseline(choice.kind, classes, config, build, device=device, head_channels=facts.feature_channels)
+
+
+def frozen_baseline_of(kind: str, where: Any) -> Any:
+    """:func:`frozen_baseline` with its settings read from ``where``: a trial context, or anything with
+    the same attributes (baselines, dataset, scale, artifacts_dir, progress, seed, trust_checkpoints,
+    device), such as SparseRefine's experiment scope."""
+    return frozen_baseline(
+        kind,
+        where.baselines,
+        where.dataset,
+        where.scale,
+        where.artifacts_dir,
+        where.progress,
+        where.seed,
+        trusted=where.trust_checkpoints,
+        device=where.device,
+    )
 
 
 def frozen_baseline(

@@ -122,19 +122,9 @@ def _named_baseline(ctx: TrialContext, kind: str) -> bool:
 def _evaluated_baseline(ctx: TrialContext, kind: str, arch: str):
     if not _named_baseline(ctx, kind):
         return trained_baseline(kind, ctx.dataset, ctx.scale, ctx.artifacts_dir, ctx.progress, arch=arch, seed=ctx.seed)
-    from methods.baselines.frozen import frozen_baseline
+    from methods.baselines.frozen import frozen_baseline_of
 
-    return frozen_baseline(
-        kind,
-        ctx.baselines,
-        ctx.dataset,
-        ctx.scale,
-        ctx.artifacts_dir,
-        ctx.progress,
-        ctx.seed,
-        trusted=ctx.trust_checkpoints,
-        device=ctx.device,
-    )
+    return frozen_baseline_of(kind, ctx)
 
 
 def _mean_tail(values: list[float], fraction: float = 0.1) -> float:

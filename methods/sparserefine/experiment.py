@@ -106,20 +106,9 @@ class Experiment:
 
     def baseline(self, kind: str):
         """The frozen dense baseline of ``kind`` (lr / hr) the suite's ``baselines:`` block names."""
-        from methods.baselines import frozen_baseline
+        from methods.baselines.frozen import frozen_baseline_of
 
-        s = self.scope
-        return frozen_baseline(
-            kind,
-            s.baselines,
-            s.dataset,
-            s.scale,
-            s.artifacts_dir,
-            s.progress,
-            s.seed,
-            trusted=s.trust_checkpoints,
-            device=s.device,
-        )
+        return frozen_baseline_of(kind, self.scope)
 
     @cached_property
     def lr_model(self):

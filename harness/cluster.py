@@ -44,6 +44,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from harness.devices import is_cuda
 from harness.errors import UnitTimeout, UserError
 from harness.redact import mask_secrets, mask_url, one_line
 from harness.registry import did_you_mean
@@ -616,7 +617,7 @@ def submit_suite(
     pending = [u for u in units if u.key not in ok]
     options = _with_checkpoint_trust(suite, options, console)
     shares = split_units([u.key for u in pending], cluster.workers) if pending else []
-    uses_cuda = any(u.device == "cuda" for u in pending)
+    uses_cuda = any(is_cuda(u.device) for u in pending)
     gpus = torch.cuda.device_count() if cluster.executor == "local" and torch.cuda.is_available() else 0
     if cluster.executor == "local" and uses_cuda and gpus and len(shares) > gpus:
         raise UserError(f"--workers {len(shares)} > {gpus} GPUs: two workers would time units on one GPU at once")

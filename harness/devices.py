@@ -35,6 +35,11 @@ def parse_device(name: str) -> str:
     return kind if index is None else f"{kind}:{int(index)}"
 
 
+def is_cuda(name: str) -> bool:
+    """``cuda`` or ``cuda:N`` (a unit pinned to one GPU is a GPU unit too)."""
+    return parse_device(name).startswith("cuda")
+
+
 def check_device(name: str) -> torch.device:
     """The torch device of ``name``, or Unavailable with the reason this machine cannot run it."""
     device = torch.device(parse_device(name))

@@ -29,7 +29,6 @@ ParamType = type  # one of int, float, str, bool
 Better = Literal["higher", "lower", "none"]
 AXES = ("precision", "batch_size", "device")
 PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -167,3 +167,11 @@ def test_a_bad_device_is_a_user_error_naming_it(tmp_path: Path, device: str) -> 
     suite.write_text(DEVICE_SUITE.replace('"cuda:1"', f'"{device}"'))
     with pytest.raises(UserError, match=f"device.*unknown device '{device}'"):
         load_suite(suite)
+
+
+def test_a_unit_pinned_to_one_gpu_is_a_gpu_unit() -> None:
+    from harness.devices import is_cuda
+
+    assert is_cuda("cuda") and is_cuda("cuda:1") and not is_cuda("cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        is_cuda("gpu")

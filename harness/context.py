@@ -40,6 +40,7 @@ class TrialContext:
     dataset: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    seed_index: int = 0  # k of the row's ``seeds: N`` (``seed`` is the suite's seed + k)
     timing: TimingConfig = field(default_factory=TimingConfig)
     artifacts_dir: Path = Path("results/artifacts")
     trust_checkpoints: bool = False
@@ -69,11 +70,18 @@ class TrialContext:
             dataset=copy.deepcopy(ident.dataset),
             baselines=copy.deepcopy(ident.baselines),
             seed=ident.seed,
+            seed_index=ident.seed_index,
             timing=unit.timing,
             artifacts_dir=artifacts_dir,
             trust_checkpoints=trust_checkpoints,
             progress=progress or (lambda message: None),
         )
+
+    @property
+    def row_seed(self) -> int:
+        """The seed shared by every seed of this unit's row (the suite's seed): what a trial keeps
+        fixed across the row's seeds, e.g. a frozen baseline the seeds' refiners all build on."""
+        return self.seed - self.seed_index
 
     def record(self, name: str, value: float, unit: str | None = None, better: str | None = None) -> None:
         """Record a metric. Unit and direction default to the trial's declaration of ``name``."""

@@ -30,7 +30,7 @@ SCALES = ("smoke", "default", "paper")
 TOP_KEYS = (
     "name", "title", "paper", "reproduces", "description", "seed", "dataset", "timing", "scales",
     "matrix", "benchmarks", "tables", "figures", "layout", "notes", "gate", "trust_checkpoints", "baselines",
-    "seeds",
+    "seeds", "targets",
 )  # fmt: skip
 ENTRY_KEYS = ("trial", "section", "label", "params", "matrix", "cases", "notes", "dataset", "seeds")
 SCALE_BLOCK_KEYS = ("dataset", "timing", "baselines")
@@ -427,7 +427,7 @@ def load_suite(path: str | Path, overrides: Sequence[str] = (), *, with_units: b
     try:
         suite.layout = parse_layout(raw, str(path))
     except UserError as exc:
-        source = loc.override(("tables",)) or loc.override(("figures",)) or loc.override(("layout",))
+        source = next(filter(None, (loc.override((key,)) for key in ("tables", "figures", "targets", "layout"))), None)
         raise (UserError(f"--set {source}: {exc}") if source else exc) from None
     for scale_name in suite.scale_names():
         settings = _scale_settings(suite, scale_name)

@@ -107,14 +107,14 @@ def test_dataset_samples_cache_and_splits(tmp_path: Path) -> None:
     assert sample.label.dtype == torch.int64 and sample.label.shape == (H, W)
     fresh = generate_scene(train.seed_of(1), H, W)
     assert np.array_equal(sample.image.permute(1, 2, 0).numpy(), fresh[0])
-    cached = sorted(p.name for p in tmp_path.rglob("*.png"))
-    assert cached == ["train_00001.png", "train_00001_label.png"]
+    cached = sorted(p.name for p in tmp_path.rglob("*.npy"))
+    assert cached == ["train_00001.npy", "train_00001_label.npy"]
     meta = json.loads(next(tmp_path.rglob("meta.json")).read_text())
     assert (meta["height"], meta["width"]) == (H, W)
     assert not torch.equal(val[0].label, train[0].label)
     # a corrupt cache file is detected and regenerated
-    image_file = next(tmp_path.rglob("train_00001.png"))
-    image_file.write_bytes(b"not a png")
+    image_file = next(tmp_path.rglob("train_00001.npy"))
+    image_file.write_bytes(b"not an array")
     assert torch.equal(train[1].image, sample.image)
     with pytest.raises(IndexError):
         train[3]

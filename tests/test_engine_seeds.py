@@ -19,9 +19,14 @@ from harness.store import Store
 from harness.suite import load_suite
 
 
-@trial("test.seeded", doc="Records its seed (a training run whose result depends on it).", metrics=[Metric("value")])
+@trial(
+    "test.seeded",
+    doc="Records its seed (a training run whose result depends on it) and its row's seed.",
+    metrics=[Metric("value"), Metric("row_seed")],
+)
 def seeded(ctx: TrialContext) -> None:
     ctx.record("value", float(ctx.seed % 100))
+    ctx.record("row_seed", float(ctx.row_seed))
 
 
 SUITE = """\
@@ -92,6 +97,7 @@ def test_seed_units_run_with_their_seed_and_are_stored_and_gated_apart(tmp_path:
     rows = Store(db).results(suite="sd")
     seeded_rows = sorted((r for r in rows if r.trial == "test.seeded"), key=lambda r: r.identity.seed_index)
     assert [(r.identity.seed_index, r.value("value")) for r in seeded_rows] == [(0, 40.0), (1, 41.0), (2, 42.0)]
+    assert {r.value("row_seed") for r in seeded_rows} == {40.0}  # what a row's seeds keep fixed
     assert len(snapshot(rows)) == len(rows) == 9  # no two seed units share a gate identity
     # seeds raised from 3 to 4: the three stored units are skipped, the fourth runs
     path4 = _suite(tmp_path, "seeds: 4")

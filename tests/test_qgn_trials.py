@@ -61,8 +61,8 @@ def test_train_eval_trial_caches_the_model(tmp_path: Path) -> None:
     second = _context("qgn.train_eval", {"train_scheme": "gtc", "eval_scheme": "pc", "levels": 3}, tmp_path, scale)
     second.spec.fn(second)
     assert second.metrics["train_time"].value == first.metrics["train_time"].value
-    assert second.metrics["miou"].value == pytest.approx(5.013000082097917, abs=0.25)  # golden, as above
-    assert second.metrics["acc"].value == pytest.approx(34.044346473029044, abs=1.0)
+    assert second.metrics["miou"].value == pytest.approx(3.544693908719647, abs=0.25)  # golden, as above
+    assert second.metrics["acc"].value == pytest.approx(27.82676348547718, abs=1.0)
     assert len(list((tmp_path / "qgn_model").glob("*.pt"))) == 1
     # retrained from scratch in a fresh artifacts directory: the same figures, bit for bit
     again = _context(

@@ -196,12 +196,12 @@ def test_report_cli_bad_format_and_missing_suite(table5_html, capsys: pytest.Cap
 def test_show_parquet_and_results_frame(table5_html, capsys: pytest.CaptureFixture[str]) -> None:
     _, store, tmp = table5_html
     frame = results_frame(store.url, "table5")
-    assert len(frame) == 31 and {"status", "p.selector", "latency", "miou", "duration_s", "error"} <= set(frame.columns)
+    assert len(frame) == 29 and {"status", "p.selector", "latency", "miou", "duration_s", "error"} <= set(frame.columns)
     assert set(frame.status) == {"ok", "oom"}
     target = tmp / "t5.parquet"
     assert main(["show", "table5", "--format", "parquet", "--out", str(target), "--db", store.url]) == 0
     back = pd.read_parquet(target)
-    assert len(back) == 31 and back.loc[back.status == "oom", "p.selector"].tolist() == ["learnable"]
+    assert len(back) == 29 and back.loc[back.status == "oom", "p.selector"].tolist() == ["learnable"]
     assert back["miou"].dropna().max() == pytest.approx(66.0)
     assert main(["show", "table5", "--format", "json", "--db", store.url]) == 0
     assert '"p.selector"' in capsys.readouterr().out

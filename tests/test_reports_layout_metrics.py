@@ -1,6 +1,7 @@
-"""Every report layout against the units of its suite: each cell, curve and bar series must select at
-least one unit the suite runs (at some scale), and read a metric that unit's trial declares (or a
-parameter or axis of it), so that no cell of a rendered report is empty because of a key typo.
+"""Every report layout against the units of its suite: each cell, curve, bar series and target must
+select at least one unit the suite runs (at some scale), and read a metric that unit's trial declares
+(or a parameter or axis of it), so that no cell or verdict of a rendered report is empty because of
+a key typo.
 
 Metrics a trial names at run time are declared as a family (``Metric("iou_{class}", ...)``); a name
 of the family is accepted when its ``{class}`` part is a class of a shipped dataset (spaces as
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from harness.registry import Metric, Param, TrialSpec
-from harness.reports.layout import FigureSpec, Match, ReportLayout, TableSpec, parse_layout
+from harness.reports.layout import FigureSpec, Match, ReportLayout, TableSpec, TargetSpec, parse_layout
 from harness.results import UnitIdentity
 from harness.suite import Unit, load_suite
 from harness.timing import TimingConfig
@@ -69,6 +70,39 @@ def problems(layout: ReportLayout, units: list[Unit], classes: set[str]) -> list
         out.extend(_table_problems(table, trials_of, classes))
     for figure in layout.figures:
         out.extend(_figure_problems(figure, trials_of, classes))
+    for target in layout.targets:
+        out.extend(_target_problems(target, trials_of, classes))
+    return out
+
+
+def target_matches(target: TargetSpec) -> list[Match]:
+    return [target.match.merged(item) for item in target.order] if target.is_ordering else [target.match]
+
+
+def target_ambiguities(layout: ReportLayout, units: dict[str, list[Unit]]) -> list[str]:
+    """Target matches that do not select exactly one configuration (the units of one row, seeds
+    aside) at every scale: the report would call such a target missing."""
+    out = []
+    for target in layout.targets:
+        for i, match in enumerate(target_matches(target)):
+            for scale, scale_units in units.items():
+                rows = {u.identity.row_key for u in scale_units if match.accepts(u.identity)}
+                if len(rows) != 1:
+                    out.append(f"target {target.label!r} match {i} selects {len(rows)} configurations at {scale}")
+    return out
+
+
+def _target_problems(target: TargetSpec, trials_of, classes: set[str]) -> list[str]:
+    """Each match of a target (the threshold's, or every item of an ordering over the target's
+    defaults) must select a unit whose trial declares the metric (a metric: targets read no parameter)."""
+    out = []
+    for i, match in enumerate(target_matches(target)):
+        where = f"target {target.label!r}" + (f", order[{i}]" if target.is_ordering else "")
+        trials = trials_of(match)
+        if not trials:
+            out.append(f"{where}: selects no unit of the suite")
+        elif not any(t.declares(target.metric) for t in trials):
+            out.append(f"{where}: metric {target.metric!r} is not declared by {', '.join(t.name for t in trials)}")
     return out
 
 
@@ -142,6 +176,7 @@ def test_every_layout_cell_reads_a_metric_its_suite_declares(path: Path) -> None
     suite = load_suite(path)
     units = [u for scale in suite.scales for u in suite.units(scale)]
     found = problems(suite.layout, units, _class_names())
+    found += target_ambiguities(suite.layout, {scale: suite.units(scale) for scale in suite.scales})
     assert not found, f"{path.name}:\n" + "\n".join(found)
 
 
@@ -190,6 +225,17 @@ def test_the_walk_catches_typos_and_accepts_declared_families() -> None:
             }
         ],
         "figures": [{"id": "f", "x": "kind", "y": "miou", "series": ["arch"], "match": {"trial": "t.eval"}}],
+        "targets": [
+            {"label": "ok", "metric": "miou", "match": {"params": {"kind": "lr"}}, "op": ">", "value": 1},
+            {"label": "typo", "metric": "mIoU", "match": {"params": {"kind": "lr"}}, "op": ">", "value": 1},
+            {"label": "param", "metric": "kind", "match": {"params": {"kind": "lr"}}, "op": ">", "value": 1},
+            {
+                "label": "ord",
+                "metric": "miou",
+                "match": {"trial": "t.eval"},
+                "order": [{"params": {"kind": "hr"}}, {"params": {"kind": "sr"}}],
+            },
+        ],
     }
     found = problems(parse_layout(raw, "x.yaml"), [unit, hr], _class_names())
     assert sum("'SR'" in p and "selects no unit" in p for p in found) == 4
@@ -198,4 +244,15 @@ def test_the_walk_catches_typos_and_accepts_declared_families() -> None:
     assert sum("column 'miou'" in p and "selects no unit" in p for p in found) == 3
     assert [p for p in found if p.startswith("figure")] == ["figure f: 'arch' is not declared by t.eval"]
     assert not any("'iou_traffic_light'" in p and "not declared" in p for p in found)
-    assert len(found) == 4 + 2 + 2 + 2 + 1
+    assert [p for p in found if p.startswith("target")] == [
+        "target 'typo': metric 'mIoU' is not declared by t.eval",
+        "target 'param': metric 'kind' is not declared by t.eval",
+        "target 'ord', order[1]: selects no unit of the suite",
+    ]
+    assert len(found) == 4 + 2 + 2 + 2 + 1 + 3
+    ambiguous = target_ambiguities(parse_layout(raw, "x.yaml"), {"smoke": [unit, hr]})
+    assert ambiguous == [
+        "target 'ord' match 1 selects 0 configurations at smoke",
+    ]
+    wide = parse_layout({"targets": [{"label": "w", "metric": "miou", "op": ">", "value": 1}]}, "x.yaml")
+    assert target_ambiguities(wide, {"smoke": [unit, hr]}) == ["target 'w' match 0 selects 2 configurations at smoke"]

@@ -334,3 +334,39 @@ def test_split_outputs_on_the_lr_grid_equal_the_full_resolution_definitions():
         assert torch.allclose(split.entropy(i), entropy_map(full), rtol=0, atol=1e-6)
         assert torch.equal(split.errors(i), lr_errors(full, labels[i : i + 1]))
     assert not split.errors(0)[0, 0, :3].any()
+
+
+def test_a_rows_seeds_share_the_frozen_baselines(monkeypatch, tmp_path):
+    """Seed k of a row trains its own refiner (seed + k) on the same frozen LR/HR baselines (row seed)."""
+    from harness.context import TrialContext
+    from harness.registry import get_trial
+    from methods.sparserefine.experiment import Experiment
+
+    seen: list[int] = []
+    monkeypatch.setattr(
+        "methods.baselines.baseline.trained_baseline", lambda *args, seed, **kwargs: seen.append(seed) or seed
+    )
+    spec = get_trial("sparserefine.pipeline")
+    for k in range(3):
+        ctx = TrialContext(
+            spec=spec, params=spec.resolve_params({}), seed=2023 + k, seed_index=k, artifacts_dir=tmp_path
+        )
+        exp = Experiment.of(ctx)
+        assert exp.scope.seed == 2023 + k and exp.lr_model == exp.hr_model == 2023
+    assert seen == [2023] * 6
+
+
+def test_packed_masks_give_back_the_mask_and_stay_within_their_budget():
+    from methods.sparserefine.selection import PackedMasks
+
+    gen = torch.Generator().manual_seed(0)
+    masks = [torch.rand(1, 7, 13, generator=gen) < 0.3 for _ in range(4)]
+    calls: list[int] = []
+    cache = PackedMasks(max_bytes=2 * 12)  # 91 bits -> 12 bytes each: room for two
+
+    def get(i: int) -> torch.Tensor:
+        return cache.get((0, i), lambda: calls.append(i) or masks[i])
+
+    assert all(torch.equal(get(i), masks[i]) for i in (0, 1, 0, 1))
+    assert calls == [0, 1]  # computed once each, then unpacked bit-exact
+    assert torch.equal(get(2), masks[2]) and torch.equal(get(0), masks[0]) and calls == [0, 1, 2, 0]

@@ -5,7 +5,8 @@ runs (:mod:`harness.reports.history`); and side-by-side comparison of two runs.
 
 Entry points: :func:`build_report` (``harness report``) and
 :func:`harness.reports.compare.compare_runs` (``harness compare``). The layout schema of a suite's
-``tables:``/``figures:`` is documented in :mod:`harness.reports.layout`.
+``tables:``/``figures:``/``targets:`` is documented in :mod:`harness.reports.layout`; targets are
+judged in :mod:`harness.reports.targets`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from harness.reports.layout import ReportLayout, parse_layout
 from harness.reports.provenance import build_provenance
 from harness.reports.render import Report, save_figure_files, write_latex, write_markdown, write_pdf
 from harness.reports.tables import build_table, generic_table, unit_times_table
+from harness.reports.targets import evaluate_targets
 from harness.results import ResultRow
 from harness.store import Run, Store
 
@@ -135,7 +137,8 @@ def build_report(
             provenance.status_counts["not run"] = len(never_run)
             provenance.never_run = never_run
     unit_times = unit_times_table(results)
-    report = Report(provenance, tables, figures, stem, [unit_times] if unit_times is not None else [])
+    appendix = [unit_times] if unit_times is not None else []
+    report = Report(provenance, tables, figures, stem, appendix, evaluate_targets(layout.targets, results))
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,12 @@
 """The self-contained HTML report: one file with styles, script and figures inlined (no network
 fetch; it works from ``file://`` and as a CI artifact).
 
-Sections: the paper's tables (paper | ours per column, normalized comparisons, every ours cell
-coloured by whether the paper's finding holds, see :mod:`harness.reports.findings`), a sortable and
-filterable table of every unit, the suite's figures and the latency distributions as inline SVG,
-and the provenance of the runs. Tables are the ones :func:`harness.reports.tables.build_table`
-builds for the PDF, Markdown and LaTeX reports; nothing is matched again here.
+Sections: the suite's targets and whether each holds (:mod:`harness.reports.targets`), the paper's
+tables (paper | ours per column, normalized comparisons, every ours cell coloured by whether the
+paper's finding holds, see :mod:`harness.reports.findings`), a sortable and filterable table of
+every unit, the suite's figures and the latency distributions as inline SVG, and the provenance
+of the runs. Tables are the ones :func:`harness.reports.tables.build_table` builds for the PDF,
+Markdown and LaTeX reports; nothing is matched again here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from harness.reports.distributions import Box, distribution_svg, figure_svg, noi
 from harness.reports.findings import Finding, summary, table_findings
 from harness.reports.render import EXPLANATION, Report
 from harness.reports.tables import BuiltTable, failure_reason
+from harness.reports.targets import FAILS, HOLDS, MISSING, SPREAD, SPREAD_NOTE, TargetResult, summary_line
 from harness.results import ResultRow
 from harness.timing import NOISY_SPREAD, timing_noise
 
@@ -54,6 +56,24 @@ class TableView:
     notes: list[str]
     held: int
     compared: int
+
+
+@dataclass
+class TargetView:
+    label: str
+    values: str
+    verdict: str
+    cls: str  # the style of the verdict cell
+
+
+@dataclass
+class TargetsView:
+    summary: str
+    rows: list[TargetView]
+    notes: list[str]
+
+
+TARGET_CLASSES = {HOLDS: "holds", FAILS: "differs", SPREAD: "spread", MISSING: "missing"}
 
 
 @dataclass
@@ -96,6 +116,14 @@ def table_view(table: BuiltTable) -> TableView:
     held, compared = summary(findings)
     return TableView(table.spec.id, table.title, head, sub, rows, table.context_lines, table.footnotes,
                      table.notes, held, compared)  # fmt: skip
+
+
+def targets_view(targets: list[TargetResult]) -> TargetsView | None:
+    if not targets:
+        return None
+    rows = [TargetView(t.spec.label, t.values, t.verdict, TARGET_CLASSES[t.verdict]) for t in targets]
+    notes = [SPREAD_NOTE] if any(t.verdict == SPREAD for t in targets) else []
+    return TargetsView(summary_line(targets), rows, notes)
 
 
 # --- the unit table --------------------------------------------------------------------------------
@@ -264,6 +292,7 @@ def render_html(report: Report, results: list[ResultRow]) -> str:
         packages=packages,
         explanation=EXPLANATION,
         tables=tables,
+        targets=targets_view(report.targets),
         with_paper=any("paper" in t.sub for t in tables),
         legend=FINDING_LEGEND,
         units=unit_table(results, report.provenance.never_run),

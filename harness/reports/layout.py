@@ -1,8 +1,8 @@
 """Report layout of a suite: which tables and figures a report shows and how they map to the paper.
 
-A suite declares its layout inline (``tables:`` / ``figures:`` keys) or points to a layout file
-with ``layout: layouts/table5.yaml`` (relative to the suite file; the file holds the same two
-keys). Inline keys and the pointed file may be combined; inline entries come first.
+A suite declares its layout inline (``tables:`` / ``figures:`` / ``targets:`` keys) or points to a
+layout file with ``layout: layouts/table5.yaml`` (relative to the suite file; the file holds the
+same keys). Inline keys and the pointed file may be combined; inline entries come first.
 
 Schema::
 
@@ -73,6 +73,28 @@ Schema::
           - {label: LR, match: {params: {kind: lr}}, ref: "HRNet-W48 (512x1024)"}
           - {label: SR, match: {trial: sr}, values: {note: per_class_iou.refined}, ref: "+ SparseRefine (Ours)"}
 
+    targets:                             # statements the report says hold or not on the run
+      - label: "LR baseline errs on <= 5% of the labelled pixels"
+        metric: pixel_accuracy_lr
+        match: {trial: sparserefine.pipeline, params: {selector: entropy}}
+        op: ">="                         # >= | <= | > | < | between
+        value: 95                        # a number; for between: [lo, hi] (both included)
+      - label: "recall: entropy > magnitude > random"
+        metric: recall
+        match: {trial: sparserefine.selector, section: "5a"}   # optional: defaults for every item
+        order:                           # holds when metric(1st) > metric(2nd) > ...
+          - {params: {selector: entropy}}
+          - {params: {selector: magnitude}}
+          - {params: {selector: random}}
+        strict: true                     # false: >= between neighbours
+        names: [entropy, magnitude, random]   # optional: how the verdict names the items (default:
+                                         # the values they differ in)
+        format: ".1f"                    # optional: how the values read are printed
+
+A target's match must select one configuration (its ``seeds: N`` units together): one that
+selects several, or none with the metric, leaves the target ``missing`` (see
+:mod:`harness.reports.targets`).
+
 A ``match`` may hold ``trial``, ``section``, ``label``, ``precision``, ``batch_size``, ``device``
 (each equal), ``params`` (a subset of the result's parameters) and ``dataset`` (a subset of the
 unit's dataset settings, e.g. ``dataset: {name: voc}`` in a suite whose entries run on several
@@ -98,6 +120,8 @@ from harness.results import ResultRow, UnitIdentity
 MATCH_KEYS = (*UnitIdentity(trial="").fields(), "params", "dataset")  # what identifies a unit (harness.results)
 COLUMN_KINDS = ("value", "speedup", "ratio", "delta", "gap_closed", "matched")
 FIGURE_KINDS = ("curve", "bars")
+TARGET_OPS = (">=", "<=", ">", "<", "between")
+LAYOUT_KEYS = ("tables", "figures", "targets")  # what a suite or its layout file declares for its report
 
 
 @dataclass(frozen=True)
@@ -238,10 +262,31 @@ class FigureSpec:
 
 
 @dataclass(frozen=True)
+class TargetSpec:
+    """A statement the report checks on the run: a threshold on one configuration's metric
+    (``op``/``value``), or an ordering of several configurations by it (``order``)."""
+
+    label: str
+    metric: str
+    match: Match = Match()  # the threshold's configuration; the ordering's defaults for every item
+    op: str | None = None  # threshold only
+    value: tuple[float, ...] = ()  # threshold only: one number, or (lo, hi) for between
+    order: tuple[Match, ...] = ()  # ordering only: the items as written (without ``match``)
+    strict: bool = True
+    format: str = ".1f"
+    names: tuple[str, ...] = ()  # ordering only: display names of the items (default: derived)
+
+    @property
+    def is_ordering(self) -> bool:
+        return bool(self.order)
+
+
+@dataclass(frozen=True)
 class ReportLayout:
     paper: str | None
     tables: tuple[TableSpec, ...] = ()
     figures: tuple[FigureSpec, ...] = ()
+    targets: tuple[TargetSpec, ...] = ()
     sources: tuple[str, ...] = field(default=())
 
 
@@ -590,6 +635,66 @@ def _parse_figure(r: _Reader, raw: Any, where: str, paper: str | None) -> Figure
     )
 
 
+def _parse_target(r: _Reader, raw: Any, where: str) -> TargetSpec:
+    data = r.mapping(raw, where)
+    r.known(data, ("label", "metric", "match", "op", "value", "order", "strict", "format", "names"), where)
+    for key in ("label", "metric"):
+        if key not in data:
+            raise r.fail(where, f"missing key {key!r}")
+    label = r.text(data["label"], f"{where}.label")
+    metric = r.text(data["metric"], f"{where}.metric")
+    fmt = r.text(data.get("format", ".1f"), f"{where}.format")
+    try:
+        format(1.5, fmt)
+    except ValueError:
+        raise r.fail(f"{where}.format", f"{fmt!r} is not a valid number format") from None
+    match = r.match(data.get("match"), f"{where}.match")
+    if "order" in data:
+        for key in ("op", "value"):
+            if key in data:
+                raise r.fail(f"{where}.{key}", "an ordering target (with 'order') takes no 'op' or 'value'")
+        items = r.seq(data["order"], f"{where}.order")
+        if len(items) < 2:
+            raise r.fail(f"{where}.order", f"needs at least two matches to order, got {len(items)}")
+        order = tuple(r.match(item, f"{where}.order[{i}]") for i, item in enumerate(items))
+        strict = r.flag(data.get("strict", True), f"{where}.strict")
+        names = r.names(data.get("names"), f"{where}.names")
+        if names and len(names) != len(order):
+            raise r.fail(f"{where}.names", f"gives {len(names)} names for {len(order)} items of 'order'")
+        return TargetSpec(label, metric, match, order=order, strict=strict, format=fmt, names=names)
+    for key in ("strict", "names"):
+        if key in data:
+            raise r.fail(f"{where}.{key}", f"only an ordering target (with 'order') takes {key!r}")
+    for key in ("op", "value"):
+        if key not in data:
+            raise r.fail(where, f"missing key {key!r} (or 'order' for an ordering)")
+    op = r.text(data["op"], f"{where}.op")
+    if op not in TARGET_OPS:
+        raise r.fail(f"{where}.op", f"{op!r} is not one of {', '.join(TARGET_OPS)}")
+    return TargetSpec(label, metric, match, op=op, value=_target_value(r, data["value"], op, f"{where}.value"),
+                      format=fmt)  # fmt: skip
+
+
+def _target_value(r: _Reader, raw: Any, op: str, where: str) -> tuple[float, ...]:
+    if op != "between":
+        if isinstance(raw, list):
+            raise r.fail(where, f"op {op!r} takes one number, got a list (a range needs op 'between')")
+        return (_finite(r, raw, where),)
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise r.fail(where, f"op 'between' takes [lo, hi], got {raw!r}")
+    lo, hi = (_finite(r, v, f"{where}[{i}]") for i, v in enumerate(raw))
+    if lo > hi:
+        raise r.fail(where, f"empty range [{lo:g}, {hi:g}]: lo is above hi")
+    return (lo, hi)
+
+
+def _finite(r: _Reader, value: Any, where: str) -> float:
+    number = _number(r, value, where)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise r.fail(where, f"expected a finite number, got {value!r}")
+    return number
+
+
 def _load_pointer(raw_suite: dict[str, Any], source: str) -> tuple[dict[str, Any], str] | None:
     pointer = raw_suite.get("layout")
     if pointer is None:
@@ -609,7 +714,7 @@ def _load_pointer(raw_suite: dict[str, Any], source: str) -> tuple[dict[str, Any
 
 
 def parse_layout(raw_suite: dict[str, Any], source: str) -> ReportLayout:
-    """Parse the ``tables:``/``figures:`` of a suite (inline or via ``layout:``) into a ReportLayout.
+    """Parse the ``tables:``/``figures:``/``targets:`` of a suite (inline or via ``layout:``) into a ReportLayout.
 
     ``source`` is the suite file's path: it names the file in errors and anchors ``layout:``.
     Raises UserError with a one-line message naming the file and key on malformed input.
@@ -621,12 +726,14 @@ def parse_layout(raw_suite: dict[str, Any], source: str) -> ReportLayout:
     parts: list[tuple[dict[str, Any], str]] = [(raw_suite, source)]
     pointed = _load_pointer(raw_suite, source)
     if pointed is not None:
-        extra = set(pointed[0]) - {"tables", "figures", "paper"}
+        extra = set(pointed[0]) - {*LAYOUT_KEYS, "paper"}
         if extra:
-            raise UserError(f"{pointed[1]}: {sorted(extra)[0]}: unknown key (allowed: tables, figures, paper)")
+            allowed = ", ".join((*LAYOUT_KEYS, "paper"))
+            raise UserError(f"{pointed[1]}: {sorted(extra)[0]}: unknown key (allowed: {allowed})")
         parts.append(pointed)
     tables: list[TableSpec] = []
     figures: list[FigureSpec] = []
+    targets: list[TargetSpec] = []
     for data, src in parts:
         r = _Reader(src)
         part_paper = str(data.get("paper", paper)) if data.get("paper", paper) not in (None, "none") else None
@@ -634,10 +741,22 @@ def parse_layout(raw_suite: dict[str, Any], source: str) -> ReportLayout:
             tables.append(_parse_table(r, raw, f"tables[{i}]", part_paper))
         for i, raw in enumerate(r.seq(data.get("figures", []) or [], "figures")):
             figures.append(_parse_figure(r, raw, f"figures[{i}]", part_paper))
-    for kind, items in (("table", tables), ("figure", figures)):
+        for i, raw in enumerate(r.seq(data.get("targets", []) or [], "targets")):
+            targets.append(_parse_target(r, raw, f"targets[{i}]"))
+    for kind, ids in (("table", [t.id for t in tables]), ("figure", [f.id for f in figures])):
         seen: set[str] = set()
-        for item in items:
-            if item.id in seen:
-                raise UserError(f"{source}: {kind}s: id {item.id!r} is used twice")
-            seen.add(item.id)
-    return ReportLayout(paper=paper, tables=tuple(tables), figures=tuple(figures), sources=tuple(s for _, s in parts))
+        for item_id in ids:
+            if item_id in seen:
+                raise UserError(f"{source}: {kind}s: id {item_id!r} is used twice")
+            seen.add(item_id)
+    labels = [t.label for t in targets]
+    twice = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
+    if twice is not None:
+        raise UserError(f"{source}: targets: label {twice!r} is used twice")
+    return ReportLayout(
+        paper=paper,
+        tables=tuple(tables),
+        figures=tuple(figures),
+        targets=tuple(targets),
+        sources=tuple(s for _, s in parts),
+    )

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from harness.reports.figures import PAGE_SIZE  # noqa: E402
 from harness.reports.provenance import Provenance  # noqa: E402
 from harness.reports.tables import BuiltTable  # noqa: E402
+from harness.reports.targets import TargetResult, summary_line, targets_table  # noqa: E402
 
 TABLE_AXES = (0.03, 0.17, 0.94, 0.63)  # left, bottom, width, height in page fractions
 ROW_INCHES = 0.30
@@ -46,6 +47,10 @@ class Report:
     figures: list[tuple[str, str, Figure]]  # id, title, figure
     stem: str
     appendix: list[BuiltTable] = field(default_factory=list)  # after the figures (PDF, Markdown, LaTeX)
+    targets: list[TargetResult] = field(default_factory=list)  # the layout's targets, before the tables
+
+    def targets_table(self) -> BuiltTable | None:
+        return targets_table(self.targets)
 
 
 @dataclass
@@ -210,7 +215,8 @@ def _title_page(report: Report, contents: list[tuple[str, int]]) -> Figure:
 
 def write_pdf(report: Report, path: Path) -> int:
     """Write the multi-page PDF; returns the number of pages."""
-    table_pages = [(t.title, _table_pages(t)) for t in report.tables]
+    targets = report.targets_table()
+    table_pages = [(t.title, _table_pages(t)) for t in ([targets] if targets else []) + report.tables]
     appendix_pages = [(t.title, _table_pages(t)) for t in report.appendix]
     contents, page = [], 2
     for title, pages in table_pages:
@@ -257,6 +263,10 @@ def table_frame(table: BuiltTable) -> pd.DataFrame:
     return pd.DataFrame(grid.body, columns=unique).set_index(unique[0])
 
 
+def _targets_frame(targets: BuiltTable) -> pd.DataFrame:
+    return table_frame(targets).rename_axis("target")
+
+
 def save_figure_files(report: Report, directory: Path, formats: tuple[str, ...]) -> dict[str, dict[str, Path]]:
     directory.mkdir(parents=True, exist_ok=True)
     out: dict[str, dict[str, Path]] = {}
@@ -287,6 +297,11 @@ def write_markdown(report: Report, path: Path, figure_files: dict[str, dict[str,
     if prov.never_run:
         lines += [f"Units of the suite with no result (not run): {len(prov.never_run)}", ""]
         lines += [f"- `{unit}`" for unit in prov.never_run] + [""]
+    targets = report.targets_table()
+    if targets is not None:
+        lines += ["## Targets", "", f"**{summary_line(report.targets)}.**", ""]
+        lines += [_targets_frame(targets).to_markdown(disable_numparse=True), ""]
+        lines += [f"> Note: {n}" for n in targets.notes] + [""]
     for table in report.tables:
         lines += [f"## {table.title}", ""]
         lines += [f"- {line}" for line in table.context_lines] + [""]
@@ -334,6 +349,11 @@ def write_latex(report: Report, path: Path, figure_files: dict[str, dict[str, Pa
     ]
     out += [rf"\textbf{{{_tex_escape(k)}}} & {_tex_escape(v)} \\" for k, v in prov.items()]
     out += [r"\end{tabular}", "", _tex_escape(EXPLANATION), ""]
+    targets = report.targets_table()
+    if targets is not None:
+        out += [r"\subsection*{Targets}", rf"\textbf{{{_tex_escape(summary_line(report.targets))}.}}\\"]
+        out += [r"\resizebox{\linewidth}{!}{", _targets_frame(targets).to_latex(escape=True), "}"]
+        out += [rf"\noindent\emph{{Note: {_tex_escape(n)}}}\\" for n in targets.notes]
     for table in report.tables:
         out += [rf"\subsection*{{{_tex_escape(table.title)}}}"]
         out += [_tex_escape(line) + r"\\" for line in table.context_lines]

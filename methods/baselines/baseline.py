@@ -32,8 +32,10 @@ KINDS: tuple[str, ...] = ("lr", "hr")
 LR_FACTOR = 2
 # Bump when a code change alters what a cached baseline contains.
 ARTIFACT_VERSION = "1"
-# Key in a suite scale dict holding TrainConfig overrides, e.g. ``baseline: {iters: 10}``.
+# Key in a suite scale dict holding TrainConfig overrides, e.g. ``baseline: {iters: 10}``; its
+# ``by_kind`` block overrides them for one kind only: ``baseline: {iters: 10, by_kind: {hr: {iters: 5}}}``.
 SCALE_KEY = "baseline"
+BY_KIND = "by_kind"
 
 
 def _check_kind(kind: str) -> None:
@@ -192,8 +194,8 @@ def baseline_config(
     _check_kind(kind)
     if arch not in ARCH_NAMES:
         raise ValueError(f"unknown baseline arch {arch!r}; known: {', '.join(ARCH_NAMES)}")
-    train = TrainConfig.from_overrides(scale.get(SCALE_KEY))
-    return {
+    train = train_settings(kind, scale)
+    config = {
         "version": ARTIFACT_VERSION,
         "kind": kind,
         "arch": arch,
@@ -201,10 +203,27 @@ def baseline_config(
         "train": train.as_dict(),
         "seed": seed,
     }
+    if train.init == "lr":
+        if kind != "hr":
+            raise ValueError("baseline init: lr applies to the HR baseline only (set it under baseline.by_kind.hr)")
+        config["init_from"] = baseline_config("lr", dataset_spec, scale, arch, seed)
+    return config
+
+
+def train_settings(kind: str, scale: dict[str, Any]) -> TrainConfig:
+    """The training settings of ``kind``: the scale's ``baseline`` block, then its ``by_kind.<kind>``."""
+    given = dict(scale.get(SCALE_KEY) or {})
+    by_kind = given.pop(BY_KIND, None) or {}
+    if not isinstance(by_kind, dict) or set(by_kind) - set(KINDS):
+        raise ValueError(f"baseline.{BY_KIND} must map kinds ({', '.join(KINDS)}) to settings, got {by_kind!r}")
+    own = by_kind.get(kind) or {}
+    if not isinstance(own, dict):
+        raise ValueError(f"baseline.{BY_KIND}.{kind} must be a mapping of training settings, got {own!r}")
+    return TrainConfig.from_overrides({**given, **own})
 
 
 def _build_baseline(
-    config: dict[str, Any], dataset_spec: dict[str, Any], progress: Callable[[str], None]
+    config: dict[str, Any], dataset_spec: dict[str, Any], artifacts_dir: Path | str, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     kind = config["kind"]
     train = TrainConfig(**config["train"])
@@ -213,6 +232,16 @@ def _build_baseline(
     progress(f"training the {kind.upper()} baseline on {len(source)} images, read per batch")
     torch.manual_seed(config["seed"])
     module = SegCNN(len(classes), config["arch"])
+    if "init_from" in config:
+        start = cached_artifact(
+            artifacts_dir,
+            "baseline",
+            config["init_from"],
+            lambda: _build_baseline(config["init_from"], dataset_spec, artifacts_dir, progress),
+            progress=progress,
+        )
+        module.load_state_dict(start["state_dict"])
+        progress(f"the {kind.upper()} baseline starts from the trained LR baseline")
     result = train_segmentation_model(
         module,
         source,
@@ -248,7 +277,11 @@ def trained_baseline(
     """
     config = baseline_config(kind, dataset_spec, scale, arch, seed)
     artifact = cached_artifact(
-        artifacts_dir, "baseline", config, lambda: _build_baseline(config, dataset_spec, progress), progress=progress
+        artifacts_dir,
+        "baseline",
+        config,
+        lambda: _build_baseline(config, dataset_spec, artifacts_dir, progress),
+        progress=progress,
     )
     classes = tuple(artifact["classes"])
     module = SegCNN(len(classes), arch)

@@ -387,7 +387,9 @@ def load_checkpoint_baseline(
 def frozen_baseline_of(kind: str, where: Any) -> Any:
     """:func:`frozen_baseline` with its settings read from ``where``: a trial context, or anything with
     the same attributes (baselines, dataset, scale, artifacts_dir, progress, seed, trust_checkpoints,
-    device), such as SparseRefine's experiment scope."""
+    device), such as SparseRefine's experiment scope, whose ``baseline_seed`` (if set) is the seed
+    the baseline is trained with instead."""
+    seed = getattr(where, "baseline_seed", None)
     return frozen_baseline(
         kind,
         where.baselines,
@@ -395,7 +397,7 @@ def frozen_baseline_of(kind: str, where: Any) -> Any:
         where.scale,
         where.artifacts_dir,
         where.progress,
-        where.seed,
+        where.seed if seed is None else seed,
         trusted=where.trust_checkpoints,
         device=where.device,
     )

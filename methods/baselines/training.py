@@ -46,6 +46,9 @@ class TrainConfig:
     bf16: bool = True
     # Cross-entropy class weights ~ frequency ** -class_balance (0: plain CE, 0.5: inverse sqrt).
     class_balance: float = 0.5
+    # "lr": the HR baseline starts from the trained LR baseline's weights (same network; a CPU-scale
+    # schedule choice: the LR model has learnt the classes, the HR steps learn the full-res detail).
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.iters < 1 or self.batch_size < 1:
@@ -59,6 +62,8 @@ class TrainConfig:
                     f"baseline scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}"
                 )
             object.__setattr__(self, "scale_range", (float(low), float(high)))
+        if self.init not in (None, "lr"):
+            raise ValueError(f"baseline init must be 'lr' (start from the LR baseline) or unset, got {self.init!r}")
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any] | None) -> TrainConfig:
@@ -70,12 +75,14 @@ class TrainConfig:
         return cls(**overrides)
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings (a cache key): ``scale_range`` only when set, so older keys stay valid."""
+        """The settings (a cache key): ``scale_range`` and ``init`` only when set, so older keys stay valid."""
         settings = asdict(self)
         if settings["scale_range"] is None:
             del settings["scale_range"]
         else:
             settings["scale_range"] = list(settings["scale_range"])
+        if settings["init"] is None:
+            del settings["init"]
         return settings
 
 

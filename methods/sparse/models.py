@@ -161,7 +161,13 @@ class PointNet(nn.Module):
         self.out_channels = out
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        feats = x.feats
+        # fp32 even under autocast: these per-point matmuls would get a new oneDNN bf16 kernel
+        # compiled for every new point count (every training step); in fp32 they are cheap
+        with torch.autocast(x.feats.device.type, enabled=False):
+            return self._forward(x)
+
+    def _forward(self, x: SparseTensor) -> SparseTensor:
+        feats = x.feats.float()
         local = None
         for layer in self.encoder:
             feats = layer(feats)

@@ -69,8 +69,10 @@ class SparseConv2d(nn.Module):
         if self.training and spec.kind == "subm" and self.kernel == 1:
             # A 1x1 submanifold conv is the same per-site matmul in every backend. In training only the
             # speed depends on the backend, and the dense reference would run this one on the whole
-            # zero-filled grid; inference keeps each backend's own path, as Table 7 times it.
-            feats = x.feats @ self.weight[0]
+            # zero-filled grid; inference keeps each backend's own path, as Table 7 times it. In fp32:
+            # under bf16 autocast oneDNN would compile a new kernel for every new site count (step).
+            with torch.autocast(x.feats.device.type, enabled=False):
+                feats = x.feats.to(self.weight.dtype) @ self.weight[0]
         else:
             feats = get_backend(self.backend).conv(x, self.weight, spec)
         if self.bias is not None:

@@ -170,7 +170,7 @@ def to_dense(x: SparseTensor, fill: float = 0.0) -> Tensor:
     """Scatter ``x`` into a dense [B, C, Hg, Wg] tensor on its own grid (``fill`` elsewhere)."""
     height, width = x.grid
     flat = x.feats.new_full((x.batch_size * height * width, x.channels), fill)
-    flat = flat.index_copy(0, x.flat_index(), x.feats)
+    flat.index_copy_(0, x.flat_index(), x.feats)  # in place: the out-of-place form copies the whole grid
     return flat.view(x.batch_size, height, width, x.channels).permute(0, 3, 1, 2)
 
 

@@ -46,6 +46,9 @@ class Scope:
     baselines: dict[str, Any] = field(default_factory=dict)
     trust_checkpoints: bool = False
     device: str = "cpu"
+    # The frozen LR/HR baselines are trained with the row's seed: a row's ``seeds: N`` vary what
+    # SparseRefine trains (refiner, learnable selector, random selection), never the frozen baselines.
+    baseline_seed: int | None = None
 
     @classmethod
     def of(cls, ctx: TrialContext) -> Scope:
@@ -58,6 +61,7 @@ class Scope:
             baselines=dict(getattr(ctx, "baselines", {}) or {}),
             trust_checkpoints=ctx.trust_checkpoints,
             device=ctx.device,
+            baseline_seed=ctx.row_seed,
         )
 
 

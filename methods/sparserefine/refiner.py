@@ -103,6 +103,13 @@ def gather_pixels(
     )
 
 
+def per_site_fp32(like: torch.Tensor):
+    """Autocast off for the small per-site layers (head, ensembler): under bf16 autocast oneDNN
+    compiles a new matmul kernel for every new number of sites, i.e. on every training step and every
+    image; in fp32 these [N, few] x [few, few] products are cheap and use no per-shape kernel."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
 def build_extractor(config: RefinerConfig) -> tuple[nn.Module, int]:
     """(extractor, its output channels). Widths are the paper's times ``width_mult``; the extractor
     runs on ``config.backend``."""
@@ -142,11 +149,14 @@ class SparseRefiner(nn.Module):
 
     def refine(self, pixels: PixelBatch) -> torch.Tensor:
         """Refined logits y2 [N, C]."""
-        return self.head(self.extract(pixels))
+        feats = self.extract(pixels)
+        with per_site_fp32(feats):
+            return self.head(feats.float())
 
     def forward(self, pixels: PixelBatch, use_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(ensembled logits y, refined logits y2). ``use_labels`` feeds the ground truth to the
         oracle ensembler (evaluation only)."""
         y2 = self.refine(pixels)
-        y = self.ensembler(pixels.y1, y2, pixels.labels if use_labels else None)
+        with per_site_fp32(y2):
+            y = self.ensembler(pixels.y1.float(), y2, pixels.labels if use_labels else None)
         return y, y2

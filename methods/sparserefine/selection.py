@@ -18,12 +18,14 @@ thresholds are exact order statistics found in two passes over per-image maps
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -328,10 +330,37 @@ class MagnitudeSelector(ScoredSelector):
         return lambda: upsample_nearest(feature_magnitude(feats) > threshold, factor, size)
 
 
+class PackedMasks:
+    """Boolean masks kept bit-packed (1 bit per pixel) in a size-bounded LRU: a selector whose mask
+    costs a network pass is asked for the same image's mask every epoch."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[int, int], tuple[torch.Tensor, tuple[int, ...]]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[int, int], compute: Callable[[], Mask]) -> Mask:
+        if key in self._items:
+            self._items.move_to_end(key)
+            packed, shape = self._items[key]
+            bits = np.unpackbits(packed.numpy(), count=math.prod(shape))
+            return torch.from_numpy(bits.reshape(shape).astype(bool))
+        mask = compute()
+        packed = torch.from_numpy(np.packbits(mask.cpu().numpy()))
+        if packed.numel() <= self.max_bytes:
+            self._items[key] = (packed, tuple(mask.shape))
+            self._bytes += packed.numel()
+            while self._bytes > self.max_bytes:
+                _, (old, _) = self._items.popitem(last=False)
+                self._bytes -= old.numel()
+        return mask
+
+
 class LearnedSelector(ScoredSelector):
     """The learnable selector's probability that the LR prediction is wrong (supp. §2.1)."""
 
     kind = "learnable"
+    MASK_CACHE_BYTES = 256 << 20  # ~1000 Cityscapes-size masks; every embedded default-scale one
 
     def __init__(
         self,
@@ -344,7 +373,14 @@ class LearnedSelector(ScoredSelector):
         if learnable is None:
             raise ValueError("the learnable selector needs its trained model")
         self.model = learnable()
+        self._masks = PackedMasks(self.MASK_CACHE_BYTES)
+        self._splits: dict[int, SplitOutputs] = {}
         super().__init__(spec, train, seed=seed)
+
+    def mask(self, split: SplitOutputs, index: int, salt: int = 0) -> Mask:
+        # the same split object within a process: the refiner's epochs and the evaluation ask again
+        self._splits[id(split)] = split  # held, so that no other split can take its id
+        return self._masks.get((id(split), index), lambda: super(LearnedSelector, self).mask(split, index, salt))
 
     def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
         # Recomputed on each call (deterministic): keeping them would hold a score map per image.

@@ -194,7 +194,9 @@ def _trained_and_evaluated(ctx: TrialContext, exp, selector) -> tuple[Any, dict[
     config = exp.refiner_config(ctx.params)
     model, record = exp.refiner(config, selector)
     features = exp.features("val") if config.uses_features else None
-    result = evaluate(model, selector, exp.val, features, ctx.progress, backend=exp.training.backend)
+    result = evaluate(
+        model, selector, exp.val, features, ctx.progress, backend=exp.training.backend, bf16=exp.training.bf16
+    )
     if config.arch != "pointnet":
         from methods.sparse import set_backend
 
@@ -488,7 +490,14 @@ def object_sizes_trial(ctx: TrialContext) -> None:
     features = exp.features("val") if config.uses_features else None
     scores = SizeBinnedScores(exp.val.num_classes, p["small_below"], p["large_above"])
     result = evaluate(
-        model, selector, exp.val, features, ctx.progress, backend=exp.training.backend, on_image=scores.update
+        model,
+        selector,
+        exp.val,
+        features,
+        ctx.progress,
+        backend=exp.training.backend,
+        on_image=scores.update,
+        bf16=exp.training.bf16,
     )
     ctx.record("miou", result.refined.miou())
     ctx.record("miou_lr", result.lr.miou())

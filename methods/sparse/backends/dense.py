@@ -91,6 +91,16 @@ def _up(grid_in: Tensor, weight: Tensor, spec: ConvSpec, fine_grid: tuple[int, i
     return out
 
 
+def _at_autocast_dtype(x: SparseTensor) -> SparseTensor:
+    """``x`` with its features in autocast's dtype when autocast is on: the conv would cast the whole
+    zero-filled grid to it anyway, so casting the N sites first saves a grid-sized copy."""
+    device = x.feats.device.type
+    if not torch.is_autocast_enabled(device):
+        return x
+    dtype = torch.get_autocast_dtype(device)
+    return x if x.feats.dtype == dtype else x.with_feats(x.feats.to(dtype))
+
+
 class DenseBackend:
     """conv2d / conv_transpose2d on the zero-filled dense grid (cuDNN/oneDNN/cuBLAS dense compute)."""
 
@@ -101,7 +111,7 @@ class DenseBackend:
 
     def conv(self, x: SparseTensor, weight: Tensor, spec: ConvSpec) -> Tensor:
         assert x.manager is not None
-        grid_in = to_dense(x)
+        grid_in = to_dense(_at_autocast_dtype(x))
         if spec.kind == "subm":
             out = F.conv2d(grid_in, conv2d_weight(weight), padding=kernel_padding(spec.kernel))
             return _read_sites(out, x)

@@ -265,7 +265,8 @@ def settings_validator(block: str) -> Callable[[SettingsValidator], SettingsVali
 
     The check is called ``check(settings)``, or ``check(settings, resolved)`` if it takes two
     arguments: ``resolved`` holds every block at that scale (``{"dataset": {...}, "baselines":
-    {...}}``), for a check that depends on another block (a checkpoint's class count on the dataset).
+    {...}, "scale": {...}}``, the last being the scale's own settings: iterations, sizes...), for a
+    check that depends on another block (a checkpoint's class count on the dataset).
     """
     if block not in _SETTINGS_VALIDATORS:
         raise ValueError(f"settings_validator: unknown block {block!r}; known: {', '.join(SETTINGS_BLOCKS)}")

@@ -568,7 +568,7 @@ def _settings_path(chk: _Checker, scale: str, name: str, block: dict[str, Any]) 
 
 def _check_settings(chk: _Checker, settings: ScaleSettings) -> None:
     """The method packages' checks of the dataset and baselines blocks (registered hooks)."""
-    resolved = {"dataset": settings.dataset, "baselines": settings.baselines}
+    resolved = {"dataset": settings.dataset, "baselines": settings.baselines, "scale": settings.block}
     for block, value, keypath in (
         ("dataset", settings.dataset, settings.dataset_path),
         ("baselines", settings.baselines, settings.baselines_path),

@@ -243,3 +243,21 @@ def _tiny_segcnn_macs(height: int, width: int, num_classes: int = 19) -> int:
 def test_unknown_model_name_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown model"):
         build_model("no_such_model")
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("scales.smoke.baseline.by_kind={hr: {init: imagenet}}", "init must be"),
+        ("scales.smoke.baseline.by_kind={lr: {init: lr}}", "HR baseline only"),
+        ("scales.smoke.baseline.itres=3", "unknown baseline training settings"),
+    ],
+)
+def test_bad_baseline_training_settings_stop_the_suite_at_load(tmp_path: Path, capsys, setting: str, says: str) -> None:
+    from harness.cli import main
+
+    db = tmp_path / "r.db"
+    code = main(["run", "suites/table5.yaml", "--scale", "smoke", "--db", f"sqlite:///{db}", "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "at scale smoke" in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()

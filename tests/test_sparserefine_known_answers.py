@@ -180,8 +180,18 @@ def test_per_class_iou_metrics_of_a_copying_refiner_are_the_lr_baselines(artifac
     assert "iou_traffic_light" in ours or "traffic light" in lr.notes["absent_classes"]
     assert set(ours) == set(theirs) and len(ours) >= 5
     assert all(get_trial("sparserefine.pipeline").declares(k) is not None for k in ours)
-    # The pipeline reads the LR logits from their fp16 cache, baseline.evaluate runs the model in fp32:
-    # a near-tie of this barely trained model's logits may round the other way (a few pixels).
+    # The copy reproduces, exactly, the LR figures the pipeline itself reports (both from the same
+    # fp16-cached LR logits), class by class.
+    from methods.sparserefine.trials import per_class_metric
+
+    lr_own = {
+        per_class_metric(c): v for c, v in zip(ctx.notes["classes"], ctx.notes["per_class_iou"]["lr"], strict=True)
+    }
+    for key, iou in ours.items():
+        assert iou == pytest.approx(lr_own[key], abs=1e-9), key
+    assert value(ctx, "miou") == pytest.approx(value(ctx, "miou_lr"), abs=1e-9)
+    # baseline.evaluate runs the LR model in fp32: a near-tie of this barely trained model's logits
+    # may round the other way in the fp16 cache (a few pixels), hence a tolerance there only.
     for key, iou in ours.items():
         assert iou == pytest.approx(theirs[key], abs=0.1), key
     assert sum(ours.values()) / len(ours) == pytest.approx(value(ctx, "miou"), abs=1e-9)
@@ -245,7 +255,10 @@ def test_pointrend_trial_refines_its_share_of_the_reduced_grid(artifacts):
     density is k points of the 44x88 grid (0.6875 of 64x128) over the full-resolution pixels, and
     gap_closed follows from the three mIoUs."""
     ctx = run("sparserefine.pointrend", artifacts, hidden=8, layers=1)
+    pipeline = run("sparserefine.pipeline", artifacts, alpha=ALPHA, ensembler="direct", arch="pointnet", **SMALL)
     lr = run("baseline.evaluate", artifacts, kind="lr")
+    for name in ("miou_lr", "miou_hr"):  # the same frozen LR outputs and HR reference as the pipeline's
+        assert value(ctx, name) == value(pipeline, name), name
     # fp16-cached LR logits vs the fp32 model: near-ties may round the other way (a few pixels)
     assert value(ctx, "miou_lr") == pytest.approx(value(lr, "miou"), abs=0.01)
     k = round(0.118 * 44 * 88)

@@ -233,13 +233,7 @@ def _build_baseline(
     torch.manual_seed(config["seed"])
     module = SegCNN(len(classes), config["arch"])
     if "init_from" in config:
-        start = cached_artifact(
-            artifacts_dir,
-            "baseline",
-            config["init_from"],
-            lambda: _build_baseline(config["init_from"], dataset_spec, artifacts_dir, progress),
-            progress=progress,
-        )
+        start = _baseline_artifact(config["init_from"], dataset_spec, artifacts_dir, progress)
         module.load_state_dict(start["state_dict"])
         progress(f"the {kind.upper()} baseline starts from the trained LR baseline")
     result = train_segmentation_model(
@@ -261,6 +255,19 @@ def _build_baseline(
     }
 
 
+def _baseline_artifact(
+    config: dict[str, Any], dataset_spec: dict[str, Any], artifacts_dir: Path | str, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The trained baseline of ``config`` from the artifact cache, built (and cached) if absent."""
+    return cached_artifact(
+        artifacts_dir,
+        "baseline",
+        config,
+        lambda: _build_baseline(config, dataset_spec, artifacts_dir, progress),
+        progress=progress,
+    )
+
+
 def trained_baseline(
     kind: Kind,
     dataset_spec: dict[str, Any],
@@ -276,13 +283,7 @@ def trained_baseline(
     cache key is the resolved configuration, so callers with equal settings share one artifact.
     """
     config = baseline_config(kind, dataset_spec, scale, arch, seed)
-    artifact = cached_artifact(
-        artifacts_dir,
-        "baseline",
-        config,
-        lambda: _build_baseline(config, dataset_spec, artifacts_dir, progress),
-        progress=progress,
-    )
+    artifact = _baseline_artifact(config, dataset_spec, artifacts_dir, progress)
     classes = tuple(artifact["classes"])
     module = SegCNN(len(classes), arch)
     module.load_state_dict(artifact["state_dict"])

@@ -14,8 +14,7 @@ colour: cars, clothes and signs draw from overlapping palettes; shading, shadows
 the rest. What separates some of them is fine detail that only survives at full resolution: riders
 wear 1-px striped vests (pedestrians wear plain or coarse stripes), the back of a sign has a 1-px
 bright rim (a traffic light housing has lamps), poles are 1-3 px wide. Images are anti-aliased;
-labels are hard, with a
-void ego-vehicle hood (label 255) at the bottom as in Cityscapes.
+labels are hard, with a void ego-vehicle hood (label 255) at the bottom as in Cityscapes.
 """
 
 from __future__ import annotations

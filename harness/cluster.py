@@ -44,6 +44,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from harness.allocator import tune_malloc
 from harness.devices import is_cuda
 from harness.errors import UnitTimeout, UserError
 from harness.redact import mask_secrets, mask_url, one_line
@@ -424,6 +425,7 @@ def run_job(spec: JobSpec) -> dict[str, Any]:
     started = time.monotonic()
     if spec.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, spec.cpus)
+    tune_malloc()  # as the inline runner does (the run's provenance records the driver's setting)
     _load_trials(spec.trial_sources)
     store = Store(_job_db_url(spec.db_url))
     run = store.retrying(lambda _: store.get_run(spec.run_id))
@@ -635,6 +637,7 @@ def submit_suite(
             f"({'pinned to separate cores' if cpus[0] else 'more workers than cores'}): "
             "latencies are measured side by side"
         )
+    tune_malloc()  # recorded in the run's provenance; every job sets it up in its own process
     run_id = start_run(store, suite, options, command, threads or set_threads(None))
     folder = (cluster.folder / f"{suite.name}-run{run_id}").resolve()
     folder.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,13 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _malloc() -> dict[str, str]:
+    from harness.allocator import malloc_setting
+
+    setting = malloc_setting()
+    return {"malloc": setting} if setting else {}
+
+
 def provenance(threads: int) -> dict[str, Any]:
     """The provenance columns of a run (see :class:`harness.store.Run`)."""
     gpu = ""
@@ -79,5 +86,5 @@ def provenance(threads: int) -> dict[str, Any]:
         "threads": threads,
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda or "",
-        "packages": {**package_versions(), "python": platform.python_version()},
+        "packages": {**package_versions(), "python": platform.python_version(), **_malloc()},
     }

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from harness.allocator import tune_malloc
 from harness.context import TrialContext
 from harness.devices import check_device, is_oom, is_unsupported_dtype
 from harness.errors import UnitStatusError, UnitTimeout
@@ -276,6 +277,7 @@ def run_suite(
     console = console or Console(stderr=True)
     units = select_units(suite.units(options.scale), options.only)
     threads = set_threads(options.threads)
+    tune_malloc()
     options = _with_checkpoint_trust(suite, options, console)
     run_id = start_run(store, suite, options, command or mask_command(sys.argv), threads)
     outcomes: list[UnitOutcome] = []

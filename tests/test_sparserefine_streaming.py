@@ -20,7 +20,7 @@ from methods.baselines.training import StackedImages, TrainConfig, train_segment
 from methods.datasets import build_dataset
 from methods.datasets.loading import crop_size, iterate_samples, pad_to, worker_count
 from methods.metrics import ConfusionMatrix
-from methods.sparserefine.lr_outputs import RECORD_CACHE, LROutputsSource, PerImage, SplitOutputs, lr_outputs
+from methods.sparserefine.lr_outputs import RECORD_CACHE_BYTES, LROutputsSource, PerImage, SplitOutputs, lr_outputs
 
 EMBEDDED = {"name": "embedded", "height": 64, "width": 128, "num_train": 4, "num_val": 6, "cache_dir": None}
 SCALE = {
@@ -193,7 +193,7 @@ def test_streamed_evaluation_equals_single_batch(embedded_lr) -> None:
     single = ConfusionMatrix(11)
     single.update(memory.prediction(slice(None)), memory.labels)
     assert torch.equal(a.lr.counts, single.counts)
-    assert len(streamed.reader._records) <= RECORD_CACHE  # bounded: a few images, never the split
+    assert streamed.reader._records.bytes <= RECORD_CACHE_BYTES  # bounded by bytes, not by the split
 
 
 def test_baseline_training_streamed_equals_stacked(tmp_path: Path) -> None:
@@ -208,6 +208,21 @@ def test_baseline_training_streamed_equals_stacked(tmp_path: Path) -> None:
         net = SegCNN(11, "tiny")
         runs.append(train_segmentation_model(net, data, None, config, seed=3).losses)
     assert runs[0] == runs[1]
+
+
+def test_baseline_training_images_are_prepared_once_within_a_byte_bound(monkeypatch) -> None:
+    reads: list[int] = []
+    source = SplitTrainingImages(EMBEDDED, "lr", bf16=True)
+    read = source.dataset.__getitem__
+    monkeypatch.setattr(type(source.dataset), "__getitem__", lambda self, i: reads.append(i) or read(i))
+    first = source.load(1)
+    again = source.load(1)
+    assert reads == [1] and again[0] is first[0] and again[1] is first[1]
+    one_image = first[0].numel() * 2 + first[1].numel()  # bf16 inputs + uint8 labels
+    small = SplitTrainingImages(EMBEDDED, "lr", bf16=True)
+    small._loaded.max_bytes = one_image  # room for one prepared image: the older one is dropped
+    small.load(0), small.load(1), small.load(0)
+    assert reads[1:] == [0, 1, 0] and small._loaded.bytes <= one_image
 
 
 def test_cached_logits_stay_finite_in_fp16() -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from methods.artifacts import cached_artifact
 from methods.baselines.models import ARCH_NAMES, SegCNN
 from methods.baselines.training import TrainConfig, train_segmentation_model
+from methods.memory_cache import BoundedLRU
 
 Kind = Literal["lr", "hr"]
 KINDS: tuple[str, ...] = ("lr", "hr")
@@ -142,6 +143,8 @@ class SplitTrainingImages:
     downsampled for "lr"; bf16 when training in bf16, as autocast casts them at the first conv
     anyway) and labels at the model's resolution."""
 
+    CACHE_BYTES = 1 << 30  # every embedded default-scale image; ~80 Cityscapes-size HR ones
+
     def __init__(self, dataset_spec: dict[str, Any], kind: str, bf16: bool):
         from methods.datasets import build_dataset
 
@@ -150,11 +153,16 @@ class SplitTrainingImages:
         self.dtype = torch.bfloat16 if bf16 else torch.float32
         self.classes = tuple(self.dataset.classes)
         self._reference: tuple[int, int] | None = None
+        # Prepared images are read again and again (random batches over thousands of iterations).
+        self._loaded: BoundedLRU[tuple[torch.Tensor, torch.Tensor]] = BoundedLRU(self.CACHE_BYTES)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._loaded.get(index, lambda: self._prepare(index))
+
+    def _prepare(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.dataset[index]
         inputs = model_input(sample.image.unsqueeze(0), self.kind)[0].to(self.dtype)
         return inputs, model_labels(sample.label, self.kind).to(torch.uint8)

@@ -16,6 +16,7 @@ from harness.errors import Unavailable
 from harness.registry import Metric, Param, trial
 from methods.baselines.baseline import KINDS, LR_FACTOR, trained_baseline
 from methods.baselines.models import ARCH_NAMES, SegCNN
+from methods.metrics import class_map
 
 EVAL_BATCH = 2
 LATENCY_NUM_CLASSES = 19
@@ -92,7 +93,7 @@ def evaluate_trial(ctx: TrialContext) -> None:
         ctx.progress(f"evaluating {kind.upper()} baseline: image {done + 1}/{len(dataset)}")
         for run in same_size_runs(batch):  # each image at its own size
             logits, _ = model.predict(torch.stack([s.image for s in run]))
-            matrix.update(logits.argmax(1), torch.stack([s.label for s in run]))
+            matrix.update(class_map(logits), torch.stack([s.label for s in run]))
         done += len(batch)
     ctx.record("miou", matrix.miou())
     ctx.record("miou_absent_as_zero", matrix.miou_absent_as_zero())

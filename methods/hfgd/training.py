@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.hfgd.model import HFGD, HFGDConfig
+from methods.metrics import class_map
 
 Progress = Callable[[str], None]
 
@@ -121,11 +122,11 @@ def evaluate(
         size = x.shape[-2:]
         logits = outputs["logits"]
         assert logits is not None
-        final.update(F.interpolate(logits.float(), size=size, mode="bilinear").argmax(1), labels[i : i + batch])
+        final.update(class_map(F.interpolate(logits.float(), size=size, mode="bilinear")), labels[i : i + batch])
         if outputs["logits32"] is not None:
             has_coarse = True
             up = F.interpolate(outputs["logits32"].float(), size=size, mode="bilinear")
-            coarse.update(up.argmax(1), labels[i : i + batch])
+            coarse.update(class_map(up), labels[i : i + batch])
     return {
         "miou": final.miou(),
         "per_class_iou": final.per_class_iou(),

@@ -33,13 +33,17 @@ import torch
 from torch.utils.data import Dataset
 
 from methods.artifacts import artifact_paths, cached_artifact
+from methods.memory_cache import BoundedLRU
+from methods.metrics import class_map
 from methods.sparserefine.selectors import entropy_map, prediction_errors
 
 Progress = Callable[[str], None]
 PREDICT_BATCH = 4
 FORMAT = 2
-# Per-image records kept in memory: the one in use, its batch, and what a loop re-reads right after.
-RECORD_CACHE = 8
+# Bytes of per-image records kept in memory (least recently used dropped first): a training loop
+# re-reads every image each epoch (the embedded default-scale train split: ~250 MB; Cityscapes
+# ~25 MB per image, so ~20 of them).
+RECORD_CACHE_BYTES = 512 << 20
 # Images whose on-demand LR features are kept in memory (an HRNet-W48 image of VOC: ~70 MB in fp16):
 # a training batch's crops and a timed batch re-read the same few images.
 FEATURE_CACHE = 2
@@ -55,7 +59,11 @@ Index = int | slice | Sequence[int]
 def upsample_nearest(grid: torch.Tensor, factor: int, size: Sequence[int] | None = None) -> torch.Tensor:
     """``grid`` repeated ``factor`` times along its last two dims, cropped to ``size`` if given (an
     odd-sized image has a grid of ceil(side / factor))."""
-    full = grid if factor == 1 else grid.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    if factor == 1:
+        full = grid
+    else:  # one broadcast copy (repeat_interleave twice is ~2.5x slower on float maps)
+        *lead, h, w = grid.shape
+        full = grid[..., :, None, :, None].expand(*lead, h, factor, w, factor).reshape(*lead, h * factor, w * factor)
     if size is not None and tuple(full.shape[-2:]) != tuple(size):
         full = full[..., : size[0], : size[1]]
     return full
@@ -156,7 +164,7 @@ class SplitOutputs:
     def prediction(self, index: Index) -> torch.Tensor:
         """Full-resolution LR class map [B, H, W]: the argmax on the LR grid, nearest-upsampled (equal
         to the argmax of ``logits``, at 1/factor² of its cost)."""
-        return upsample_nearest(self._logits_on_grid(index).argmax(dim=1), self.factor, self._full_size(index))
+        return upsample_nearest(class_map(self._logits_on_grid(index)), self.factor, self._full_size(index))
 
     def entropy(self, index: Index) -> torch.Tensor:
         """Full-resolution entropy of the LR prediction [B, H, W], computed on the LR grid and
@@ -208,20 +216,20 @@ class OutputsKey:
 
 class SplitReader(Dataset):
     """Reads image ``index`` of a split with its cached LR outputs (a DataLoader-able dataset); keeps
-    the last :data:`RECORD_CACHE` records it handed out."""
+    the records it handed out within :data:`RECORD_CACHE_BYTES`."""
 
     def __init__(self, dataset: Any, key: OutputsKey, rebuild: Callable[[int], dict[str, Any]], workers: int = 0):
         self.dataset = dataset
         self.key = key
         self.rebuild = rebuild  # recomputes one image's outputs if its artifact vanished
         self.workers = workers
-        self._records: OrderedDict[int, dict[str, torch.Tensor]] = OrderedDict()
+        self._records: BoundedLRU[dict[str, torch.Tensor]] = BoundedLRU(RECORD_CACHE_BYTES)
 
     def __len__(self) -> int:
         return len(self.key.names)
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers get no cached records and no model
-        return {**self.__dict__, "_records": OrderedDict(), "rebuild": None}
+        return {**self.__dict__, "_records": BoundedLRU(RECORD_CACHE_BYTES), "rebuild": None}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.dataset[index]
@@ -242,17 +250,7 @@ class SplitReader(Dataset):
         return cached_artifact(self.key.artifacts_dir, OUTPUTS_KIND, self.key.config(index), build)
 
     def record(self, index: int) -> dict[str, torch.Tensor]:
-        if index in self._records:
-            self._records.move_to_end(index)
-            return self._records[index]
-        return self._remember(index, self[index])
-
-    def _remember(self, index: int, record: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._records[index] = record
-        self._records.move_to_end(index)
-        while len(self._records) > RECORD_CACHE:
-            self._records.popitem(last=False)
-        return record
+        return self._records.get(index, lambda: self[index])
 
     def stream(self, indices: Iterable[int]) -> Iterator[int]:
         from methods.datasets.loading import iterate_batches
@@ -264,7 +262,7 @@ class SplitReader(Dataset):
             return
         for batch in iterate_batches(self, wanted, batch_size=1, workers=self.workers):
             for index, record in batch:
-                self._remember(index, record)
+                self._records.put(index, record)
                 yield index
 
     def field(self, name: str, dtype: torch.dtype | None = None) -> Callable[[int], torch.Tensor]:
@@ -504,7 +502,7 @@ def hr_evaluation(
             for run in same_size_runs(batch):
                 with torch.inference_mode():
                     logits, _ = model.predict(torch.stack([s.image for s in run]))
-                cm.update(logits.argmax(1), torch.stack([s.label for s in run]))
+                cm.update(class_map(logits), torch.stack([s.label for s in run]))
             done += len(batch)
         return {"counts": cm.counts.clone(), "num_classes": data.num_classes}
 

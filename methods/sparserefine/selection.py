@@ -18,7 +18,6 @@ thresholds are exact order statistics found in two passes over per-image maps
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,6 +31,8 @@ import torch.nn.functional as F
 from harness.devices import Placement
 from methods.artifacts import cached_artifact
 from methods.datasets.loading import crop_size, pad_label, pad_to
+from methods.memory_cache import BoundedLRU
+from methods.metrics import class_map
 from methods.sparserefine.lr_outputs import SplitOutputs, upsample_nearest
 from methods.sparserefine.selectors import (
     Chunks,
@@ -81,7 +82,7 @@ def train_learnable_selector(
     split, on random crops. Positives are rare, so they are up-weighted to balance the classes."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = LearnableSelector(train.num_classes)
+    model = LearnableSelector(train.num_classes).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.steps)
     losses = []
@@ -108,8 +109,9 @@ def train_learnable_selector(
 def _learnable_crops(
     train: SplitOutputs, idx: list[int], crop: tuple[int, int], gen: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised images, full-resolution LR logits and labels of random crops of images ``idx``,
-    padded at the bottom/right to one batch size (image and logits 0, label 255: never a target).
+    """Normalised images and full-resolution LR logits (channels_last) and labels of random crops
+    of images ``idx``, padded at the bottom/right to one batch size (image and logits 0, label 255:
+    never a target).
     Images of one size share one window (a stacked batch of equal images is cropped as one); each
     is cropped to ``crop`` clipped to its own size."""
     windows: dict[tuple[int, int], tuple[slice, slice]] = {}
@@ -127,7 +129,9 @@ def _learnable_crops(
         images.append(pad_to(_normalized(train.images[i : i + 1][..., rows, cols]), padded, 0.0))
         logits.append(pad_to(train.logits(i)[..., rows, cols], padded, 0.0))
         labels.append(pad_label(train.labels[i : i + 1][..., rows, cols], padded))
-    return torch.cat(images), torch.cat(logits), torch.cat(labels)
+    channels_last = torch.channels_last
+    image_batch = torch.cat(images).contiguous(memory_format=channels_last)
+    return image_batch, torch.cat(logits).contiguous(memory_format=channels_last), torch.cat(labels)
 
 
 def learnable_selector(
@@ -138,7 +142,7 @@ def learnable_selector(
     artifacts_dir: Path,
     progress: Progress,
 ) -> LearnableSelector:
-    config = {"baseline": baseline_config, "settings": settings.__dict__, "seed": seed, "version": 1}
+    config = {"baseline": baseline_config, "settings": settings.__dict__, "seed": seed, "version": 2}
     art = cached_artifact(
         artifacts_dir,
         "sparserefine-learnable-selector",
@@ -335,25 +339,19 @@ class PackedMasks:
     costs a network pass is asked for the same image's mask every epoch."""
 
     def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[int, int], tuple[torch.Tensor, tuple[int, ...]]] = OrderedDict()
-        self._bytes = 0
+        self._packed: BoundedLRU[tuple[torch.Tensor, tuple[int, ...]]] = BoundedLRU(max_bytes)
 
     def get(self, key: tuple[int, int], compute: Callable[[], Mask]) -> Mask:
-        if key in self._items:
-            self._items.move_to_end(key)
-            packed, shape = self._items[key]
-            bits = np.unpackbits(packed.numpy(), count=math.prod(shape))
-            return torch.from_numpy(bits.reshape(shape).astype(bool))
-        mask = compute()
-        packed = torch.from_numpy(np.packbits(mask.cpu().numpy()))
-        if packed.numel() <= self.max_bytes:
-            self._items[key] = (packed, tuple(mask.shape))
-            self._bytes += packed.numel()
-            while self._bytes > self.max_bytes:
-                _, (old, _) = self._items.popitem(last=False)
-                self._bytes -= old.numel()
-        return mask
+        computed: list[Mask] = []
+
+        def packed() -> tuple[torch.Tensor, tuple[int, ...]]:
+            computed.append(compute())
+            return torch.from_numpy(np.packbits(computed[0].cpu().numpy())), tuple(computed[0].shape)
+
+        bits, shape = self._packed.get(key, packed)
+        if computed:
+            return computed[0]
+        return torch.from_numpy(np.unpackbits(bits.numpy(), count=math.prod(shape)).reshape(shape).astype(bool))
 
 
 class LearnedSelector(ScoredSelector):
@@ -372,7 +370,7 @@ class LearnedSelector(ScoredSelector):
     ):
         if learnable is None:
             raise ValueError("the learnable selector needs its trained model")
-        self.model = learnable()
+        self.model = learnable().to(memory_format=torch.channels_last)
         self._masks = PackedMasks(self.MASK_CACHE_BYTES)
         self._splits: dict[int, SplitOutputs] = {}
         super().__init__(spec, train, seed=seed)
@@ -384,8 +382,11 @@ class LearnedSelector(ScoredSelector):
 
     def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
         # Recomputed on each call (deterministic): keeping them would hold a score map per image.
-        with torch.inference_mode():
-            return self.model(_normalized(split.images[index : index + 1]), split.logits(index))
+        # bf16 autocast on channels_last, the regime it was trained in (3x faster than fp32 NCHW here).
+        image = _normalized(split.images[index : index + 1]).contiguous(memory_format=torch.channels_last)
+        logits = split.logits(index).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(image, logits).float()
 
     def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
         where = batch.placement
@@ -432,7 +433,7 @@ class OracleSelector(ResolvedSelector):
     def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
         logits_lr, factor, size = batch.logits_lr, batch.factor, batch.size
         labels = batch.val.labels[batch.idx].to(batch.placement.device)
-        return lambda: upsample_nearest(logits_lr, factor, size).argmax(1) != labels
+        return lambda: class_map(upsample_nearest(logits_lr, factor, size)) != labels
 
 
 SELECTOR_KINDS: dict[str, type[ResolvedSelector]] = {

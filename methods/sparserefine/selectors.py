@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from methods.metrics import class_map
+
 ENTROPY_EPS = 1e-5  # the official code clamps probabilities at 1e-5 before the log
 
 
@@ -45,7 +47,7 @@ def feature_magnitude(features: torch.Tensor) -> torch.Tensor:
 
 def lr_errors(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """Pixels the LR prediction gets wrong (ignored pixels are never errors)."""
-    return prediction_errors(logits.argmax(dim=1), labels, ignore_index)
+    return prediction_errors(class_map(logits), labels, ignore_index)
 
 
 def prediction_errors(prediction: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
@@ -83,9 +85,12 @@ class LearnableSelector(nn.Module):
         )
 
     def score_logits(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Pre-sigmoid scores [B, H, W]; image is normalised RGB [B, 3, H, W]."""
-        feats = torch.cat([self.conv(image), logits.to(image.dtype)], dim=1)
-        return self.mlp(feats)[:, 0]
+        """Pre-sigmoid scores [B, H, W]; image is normalised RGB [B, 3, H, W]. The MLP runs in fp32
+        even under autocast: bf16 scores would tie at the threshold and coarsen its calibration."""
+        rgb = self.conv(image)
+        with torch.autocast(image.device.type, enabled=False):
+            feats = torch.cat([rgb.float(), logits.float()], dim=1)
+            return self.mlp(feats)[:, 0]
 
     def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.score_logits(image, logits))

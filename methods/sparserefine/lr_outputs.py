@@ -23,7 +23,6 @@ images it yields in a small in-memory cache, so loops over a split touch the dis
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +43,10 @@ FORMAT = 2
 # re-reads every image each epoch (the embedded default-scale train split: ~250 MB; Cityscapes
 # ~25 MB per image, so ~20 of them).
 RECORD_CACHE_BYTES = 512 << 20
-# Images whose on-demand LR features are kept in memory (an HRNet-W48 image of VOC: ~70 MB in fp16):
-# a training batch's crops and a timed batch re-read the same few images.
-FEATURE_CACHE = 2
+# Bytes of LR feature maps kept in memory per split, stored or computed on demand (least recently
+# used dropped first): training re-reads every image each epoch (embedded default-scale train split:
+# ~600 MB; an HRNet-W48 image of VOC: ~70 MB in fp16).
+FEATURE_CACHE_BYTES = 1 << 30
 OUTPUTS_KIND = "sparserefine-lr-outputs"
 FEATURES_KIND = "sparserefine-lr-features"
 MANIFEST_KIND = "sparserefine-lr-manifest"
@@ -451,8 +451,9 @@ def lr_features(source: LROutputsSource, split: str) -> tuple[PerImage, int]:
     if not stores_features(source.model):
         return PerImage(_features_on_demand(source.model, data), shapes), factor
     rebuild = _rebuild_one(source, data, key, keep_features=True)
+    kept: BoundedLRU[torch.Tensor] = BoundedLRU(FEATURE_CACHE_BYTES)
 
-    def read(index: int) -> torch.Tensor:
+    def stored(index: int) -> torch.Tensor:
         def build() -> dict[str, Any]:
             rebuild(index)
             from methods.safe_load import load_weights_only
@@ -461,28 +462,22 @@ def lr_features(source: LROutputsSource, split: str) -> tuple[PerImage, int]:
 
         return cached_artifact(key.artifacts_dir, FEATURES_KIND, key.config(index), build)["features_grid"]
 
-    return PerImage(read, shapes), factor
+    return PerImage(lambda index: kept.get(index, lambda: stored(index)), shapes), factor
 
 
 def _features_on_demand(model: Any, data: Any) -> Callable[[int], torch.Tensor]:
     """``read(i)``: image i's LR features, from a run of the frozen ``model`` on that image alone (as
-    stored ones would be: fp16, on the CPU); the last :data:`FEATURE_CACHE` images are kept."""
-    kept: OrderedDict[int, torch.Tensor] = OrderedDict()
+    stored ones would be: fp16, on the CPU); kept within :data:`FEATURE_CACHE_BYTES`."""
+    kept: BoundedLRU[torch.Tensor] = BoundedLRU(FEATURE_CACHE_BYTES)
 
-    def read(index: int) -> torch.Tensor:
-        if index in kept:
-            kept.move_to_end(index)
-            return kept[index]
+    def computed(index: int) -> torch.Tensor:
         grid = model.predict_grid(data[index].image.unsqueeze(0), features=True)
         if grid.features is None:
             raise RuntimeError(f"the LR baseline {model.config.get('model', '')} gave no features for image {index}")
         with torch.inference_mode(False):  # a plain tensor, as one read from disk (usable by autograd)
-            kept[index] = to_fp16(grid.features[0].cpu())
-        while len(kept) > FEATURE_CACHE:
-            kept.popitem(last=False)
-        return kept[index]
+            return to_fp16(grid.features[0].cpu())
 
-    return read
+    return lambda index: kept.get(index, lambda: computed(index))
 
 
 def hr_evaluation(

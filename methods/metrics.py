@@ -19,7 +19,7 @@ ArrayLike = torch.Tensor | np.ndarray
 
 def class_map(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """The predicted class of each pixel: ``logits.argmax(dim)``, as ``max(dim).indices`` (the same
-    indices, ties to the first maximum; on a CPU NCHW tensor argmax over channels is ~10x slower)."""
+    indices, ties to the first maximum; on a CPU NCHW tensor argmax over the channels is far slower)."""
     return logits.max(dim=dim).indices
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods.metrics import ConfusionMatrix
+from methods.metrics import ConfusionMatrix, class_map
 
 IGNORE = 255
 
@@ -136,3 +136,29 @@ def test_agrees_with_mmsegmentation_iou_metric() -> None:
         assert (math.isnan(ours) and math.isnan(theirs)) or ours == pytest.approx(theirs)
     assert cm.miou() == pytest.approx(float(np.nanmean(result["IoU"])) * 100)
     assert cm.pixel_accuracy() == pytest.approx(float(result["aAcc"]) * 100)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_class_map_is_argmax_over_channels_ties_to_the_first(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (2, 11, 9, 13), generator=gen).to(dtype)  # many ties
+    assert torch.equal(class_map(logits), logits.argmax(1))
+    logits[0, :, 0, 0] = 2.0
+    assert int(class_map(logits)[0, 0, 0]) == 0  # all tied: the first class
+    nan = logits.clone()
+    nan[1, 4, 2, 3] = float("nan")
+    assert int(class_map(nan)[1, 2, 3]) == 4 == int(nan.argmax(1)[1, 2, 3])  # NaN wins, like argmax
+    channels_last = logits.float().contiguous(memory_format=torch.channels_last)
+    assert torch.equal(class_map(channels_last), logits.float().argmax(1))
+    assert torch.equal(class_map(logits[0].permute(1, 2, 0), dim=-1), logits[0].argmax(0))
+
+
+def test_upsample_nearest_repeats_each_cell_and_crops_to_the_size() -> None:
+    from methods.sparserefine.lr_outputs import upsample_nearest
+
+    grid = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    full = upsample_nearest(grid, 2, (5, 7))
+    assert full.shape == (2, 5, 7)
+    assert torch.equal(full, grid.repeat_interleave(2, -2).repeat_interleave(2, -1)[:, :5, :7])
+    assert torch.equal(upsample_nearest(grid.long(), 1), grid.long())
+    assert torch.equal(upsample_nearest(grid[0], 3), grid[0].repeat_interleave(3, 0).repeat_interleave(3, 1))

@@ -382,7 +382,7 @@ class LearnedSelector(ScoredSelector):
 
     def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
         # Recomputed on each call (deterministic): keeping them would hold a score map per image.
-        # bf16 autocast on channels_last, the regime it was trained in (3x faster than fp32 NCHW here).
+        # bf16 autocast on channels_last, the regime it was trained in (fp32 NCHW is the slow path).
         image = _normalized(split.images[index : index + 1]).contiguous(memory_format=torch.channels_last)
         logits = split.logits(index).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -84,11 +84,15 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
+def _varying(items: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The keys whose values differ across ``items`` (in first-seen order), with their values."""
+    keys = dict.fromkeys(k for item in items for k in item)
+    values = {k: sorted({_text(item.get(k)) for item in items}) for k in keys}
+    return {k: v for k, v in values.items() if len(v) > 1}
+
+
 def _differences(identities: list[UnitIdentity]) -> str:
-    flat = [_flat(i) for i in identities]
-    keys = list(dict.fromkeys(k for f in flat for k in f))
-    varying = {k: sorted({_text(f.get(k)) for f in flat}) for k in keys}
-    varying = {k: v for k, v in varying.items() if len(v) > 1}
+    varying = _varying([_flat(i) for i in identities])
     if not varying:
         return "scale settings, timing or trial version"
     shown = [f"{k.removeprefix('params.')} {'/'.join(v)}" for k, v in list(varying.items())[:SHOWN_DIFFERENCES]]
@@ -130,8 +134,7 @@ def order_names(order: tuple[Match, ...]) -> list[str]:
     """Short names of an ordering's items: the value of what they differ in when it is a word
     ("entropy", "magnitude"), else ``key=value`` pairs of what they differ in ("density=0.118")."""
     items = [_match_items(m) for m in order]
-    keys = list(dict.fromkeys(k for item in items for k in item))
-    varying = [k for k in keys if len({_text(item.get(k)) for item in items}) > 1]
+    varying = list(_varying(items))
     worded = len(varying) == 1 and all(isinstance(item.get(varying[0]), str) for item in items)
     names = []
     for i, item in enumerate(items, 1):

@@ -14,6 +14,7 @@ from methods.sparse.nn import (
     SparseReLU,
     cat_feats,
     fold_conv_bn,
+    per_site_fp32,
 )
 from methods.sparse.tensor import SparseTensor
 
@@ -161,9 +162,7 @@ class PointNet(nn.Module):
         self.out_channels = out
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        # fp32 even under autocast: these per-point matmuls would get a new oneDNN bf16 kernel
-        # compiled for every new point count (every training step); in fp32 they are cheap
-        with torch.autocast(x.feats.device.type, enabled=False):
+        with per_site_fp32(x.feats):
             return self._forward(x)
 
     def _forward(self, x: SparseTensor) -> SparseTensor:

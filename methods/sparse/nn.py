@@ -13,6 +13,14 @@ from methods.sparse.tensor import SparseTensor
 DEFAULT_BACKEND = "native"
 
 
+def per_site_fp32(like: torch.Tensor) -> torch.autocast:
+    """Autocast off, for small per-site matmuls ([N, few] x [few, few]: 1x1 convs in training,
+    PointNet, SparseRefine's head and ensembler). Under bf16 autocast oneDNN compiles a new kernel
+    for every new number of sites, i.e. on every training step and every image; in fp32 these
+    products are cheap and use no per-shape kernel."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
 class SparseConv2d(nn.Module):
     """Sparse 2-D conv: submanifold (stride 1), strided down (stride > 1) or transposed up.
 
@@ -69,9 +77,8 @@ class SparseConv2d(nn.Module):
         if self.training and spec.kind == "subm" and self.kernel == 1:
             # A 1x1 submanifold conv is the same per-site matmul in every backend. In training only the
             # speed depends on the backend, and the dense reference would run this one on the whole
-            # zero-filled grid; inference keeps each backend's own path, as Table 7 times it. In fp32:
-            # under bf16 autocast oneDNN would compile a new kernel for every new site count (step).
-            with torch.autocast(x.feats.device.type, enabled=False):
+            # zero-filled grid; inference keeps each backend's own path, as Table 7 times it.
+            with per_site_fp32(x.feats):
                 feats = x.feats.to(self.weight.dtype) @ self.weight[0]
         else:
             feats = get_backend(self.backend).conv(x, self.weight, spec)

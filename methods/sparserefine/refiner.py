@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from methods.sparse.nn import per_site_fp32
 from methods.sparserefine.ensemblers import build_ensembler
 from methods.sparserefine.selectors import class_softmax
 
@@ -101,13 +102,6 @@ def gather_pixels(
         spatial_shape=(mask.shape[1], mask.shape[2]),
         batch_size=mask.shape[0],
     )
-
-
-def per_site_fp32(like: torch.Tensor):
-    """Autocast off for the small per-site layers (head, ensembler): under bf16 autocast oneDNN
-    compiles a new matmul kernel for every new number of sites, i.e. on every training step and every
-    image; in fp32 these [N, few] x [few, few] products are cheap and use no per-shape kernel."""
-    return torch.autocast(like.device.type, enabled=False)
 
 
 def build_extractor(config: RefinerConfig) -> tuple[nn.Module, int]:

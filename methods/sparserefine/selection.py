@@ -382,11 +382,11 @@ class LearnedSelector(ScoredSelector):
 
     def scores(self, split: SplitOutputs, index: int) -> torch.Tensor:
         # Recomputed on each call (deterministic): keeping them would hold a score map per image.
-        # bf16 autocast on channels_last, the regime it was trained in (fp32 NCHW is the slow path).
+        # channels_last (NCHW is the slow path) and fp32: the same computation as the fp32 timed call.
         image = _normalized(split.images[index : index + 1]).contiguous(memory_format=torch.channels_last)
         logits = split.logits(index).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.model(image, logits).float()
+        with torch.inference_mode():
+            return self.model(image, logits)
 
     def timed_call(self, batch: TimingBatch) -> Callable[[], Mask]:
         where = batch.placement

@@ -28,7 +28,7 @@ from methods.datasets.loading import crop_size, pad_to
 from methods.sparserefine.lr_outputs import SplitOutputs, upsample_nearest
 from methods.sparserefine.refiner import RefinerConfig, SparseRefiner, gather_pixels
 from methods.sparserefine.selection import ResolvedSelector
-from methods.sparserefine.selectors import SelectionCounts, class_softmax
+from methods.sparserefine.selectors import SelectionCounts, class_softmax, prediction_errors
 
 Progress = Callable[[str], None]
 SCALE_KEY = "sparserefine"  # the suite's scale settings for this package live under this key
@@ -332,7 +332,7 @@ def evaluate(
         labels = val.labels[i : i + 1]
         lr_pred = val.prediction(i)
         mask = selector.mask(val, i)
-        counts.update(mask, val.errors(i))
+        counts.update(mask, prediction_errors(lr_pred, labels))  # val.errors(i) without a second argmax
         pixels = gather_pixels(
             mask,
             _normalize(val.images[i : i + 1]),

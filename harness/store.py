@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,102 @@ class Sample(Base):
     metric: Mapped[MetricRow] = relationship(back_populates="samples")
 
 
+# --- cells a doctored or foreign-written database may hold -------------------------------------------
+# SQLite stores any value in any column, and the JSON columns are text everywhere: a hand-edited row can
+# hold text in a float column, invalid JSON, a list where an object belongs or a status no code knows.
+# Such a cell would surface as a traceback deep in a report; it is found when the database is opened.
+
+JSON_ARRAY_COLUMNS = {("runs", "units")}  # every other JSON column holds an object
+STATUSES = {
+    ("results", "status"): tuple(s.value for s in Status if s not in (Status.SKIPPED, Status.MISSING)),
+    ("runs", "status"): tuple(s.value for s in RunStatus),
+}
+
+
+@dataclass(frozen=True)
+class BadCell:
+    table: str
+    row_id: Any
+    column: str
+    value: Any
+    expected: str
+
+    def message(self, db: str) -> str:
+        shown = one_line(mask_secrets(repr(self.value)))
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return (
+            f"database {db!r}: {self.table} row {self.row_id}, column {self.column}: {shown} is not "
+            f"{self.expected} (the row was edited or written by other software: fix or delete it; "
+            "nothing was changed)"
+        )
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sqlite_json(column: str) -> str:
+    """The column's JSON text with NaN and (-)Infinity as 0: Python's json writes and reads those tokens
+    (a metric's NaN threshold, say), SQLite's JSON functions refuse them."""
+    return f"replace(replace({column}, 'NaN', '0'), 'Infinity', '0')"
+
+
+def _cell_rules(table: Any, dialect: str) -> list[tuple[str, str, str]]:
+    """(column, SQL condition true for a bad cell, what the cell should be) for each checked column.
+    Storage types are checked on SQLite only (other back ends enforce their column types); allowed
+    values (statuses, durations) and JSON shapes on SQLite and PostgreSQL."""
+    rules = []
+    for column in table.columns:
+        c, kind, name = _quoted(column.name), column.type, column.name
+        conditions: list[tuple[str, str]] = []
+        if dialect == "sqlite":
+            if isinstance(kind, NanFloat):
+                conditions.append((f"typeof({c}) NOT IN ('real', 'integer') AND {c} IS NOT 'NaN'", "a number"))
+            elif isinstance(kind, Float):
+                conditions.append((f"typeof({c}) NOT IN ('real', 'integer')", "a number"))
+            elif isinstance(kind, Boolean):
+                conditions.append((f"typeof({c}) != 'integer' OR {c} NOT IN (0, 1)", "a boolean (0 or 1)"))
+            elif isinstance(kind, Integer):
+                conditions.append((f"typeof({c}) != 'integer'", "an integer"))
+            elif isinstance(kind, DateTime):
+                conditions.append((f"typeof({c}) != 'text' OR datetime({c}) IS NULL", "a date and time"))
+            elif isinstance(kind, JSON):
+                conditions.append((f"typeof({c}) != 'text' OR NOT json_valid({_sqlite_json(c)})", "valid JSON"))
+            elif isinstance(kind, String):
+                conditions.append((f"typeof({c}) != 'text'", "text"))
+        if isinstance(kind, JSON) and dialect in ("sqlite", "postgresql"):
+            shape = "array" if (table.name, name) in JSON_ARRAY_COLUMNS else "object"
+            allowed = f"('{shape}', 'null')" if column.nullable else f"('{shape}')"
+            typeof = f"json_type({_sqlite_json(c)})" if dialect == "sqlite" else f"json_typeof({c})"
+            conditions.append((f"{typeof} NOT IN {allowed}", f"a JSON {shape}"))
+        if (table.name, name) in STATUSES:
+            known = STATUSES[(table.name, name)]
+            listed = ", ".join(f"'{v}'" for v in known)
+            conditions.append((f"{c} NOT IN ({listed})", "one of " + ", ".join(known)))
+        if (table.name, name) == ("results", "duration_s"):
+            conditions.append((f"{c} < 0 OR {c} > 1e308 OR {c} != {c}", "a duration in seconds (finite, >= 0)"))
+        for condition, expected in conditions:
+            guarded = f"{c} IS NOT NULL AND ({condition})" if column.nullable else f"({condition})"
+            rules.append((name, guarded, expected))
+    return rules
+
+
+def find_bad_cell(conn: Connection) -> BadCell | None:
+    """The first cell (table by table, lowest row id first) that the schema cannot read back: a value
+    of the wrong storage type, invalid JSON or a JSON value of the wrong shape, an unknown status, a
+    negative or infinite duration. One scan per checked column; None when every cell is readable."""
+    dialect = conn.dialect.name
+    for table in Base.metadata.sorted_tables:
+        key = _quoted(next(iter(table.primary_key.columns)).name)
+        for column, condition, expected in _cell_rules(table, dialect):
+            query = f"SELECT {key}, {_quoted(column)} FROM {_quoted(table.name)} WHERE {condition} ORDER BY 1 LIMIT 1"
+            # in rule order: a JSON column's shape is asked only once all its cells are valid JSON
+            row = conn.execute(text(query)).first()
+            if row is not None:
+                return BadCell(table.name, row[0], column, row[1], expected)
+    return None
+
+
 def _add_trust_checkpoints(conn: Connection) -> None:
     """Version 1 -> 2: runs.trust_checkpoints (false for every earlier run)."""
     column = Run.__table__.c.trust_checkpoints
@@ -249,7 +346,8 @@ class Store:
         self.retry_delays: tuple[float, ...] = RETRY_DELAYS_S
         self.engine = self._make_engine(self.url, create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._check_schema(create=create, check_version=check_version)
+        if self._check_schema(create=create, check_version=check_version):
+            self._check_cells()
 
     @staticmethod
     def _make_engine(url: str, *, create: bool) -> Engine:
@@ -283,7 +381,9 @@ class Store:
             event.listen(engine, "connect", _sqlite_pragmas)
         return engine
 
-    def _check_schema(self, *, create: bool, check_version: bool) -> None:
+    def _check_schema(self, *, create: bool, check_version: bool) -> bool:
+        """UserError unless this is a harness database of this schema version (or ``create`` made one);
+        returns whether it holds earlier rows at this version (the ones worth checking)."""
         try:
             names = set(inspect(self.engine).get_table_names())
         except OperationalError as exc:
@@ -301,10 +401,10 @@ class Store:
                     s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             except OperationalError as exc:
                 raise UserError(f"cannot write database {self.display_url!r}: {one_line(str(exc.orig))}") from None
-            return
+            return False
         version = self.schema_version()
         if not check_version:
-            return
+            return False
         if version > SCHEMA_VERSION:
             raise UserError(
                 f"database {self.display_url!r} has schema version {version}, newer than this harness "
@@ -315,11 +415,22 @@ class Store:
                 f"database {self.display_url!r} has schema version {version}, this harness needs "
                 f"{SCHEMA_VERSION}: run `harness db upgrade --db {self.display_url}`"
             )
+        return True
+
+    def _check_cells(self) -> None:
+        """UserError naming the first cell this schema cannot read back (see :func:`find_bad_cell`)."""
+        with self.engine.connect() as conn:
+            bad = find_bad_cell(conn)
+        if bad is not None:
+            raise UserError(bad.message(self.display_url))
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
             row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).first()
-        return int(row[0]) if row else 0
+        value = row[0] if row else "0"
+        if not str(value).isdigit():
+            raise UserError(f"database {self.display_url!r}: meta schema_version {value!r} is not a version number")
+        return int(value)
 
     def upgrade(self) -> list[int]:
         """Apply the explicit migrations up to SCHEMA_VERSION; return the versions applied."""

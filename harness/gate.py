@@ -157,7 +157,50 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise UserError(f"baseline file {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
     if not isinstance(data, dict) or data.get("format") != BASELINE_FORMAT or not isinstance(data.get("units"), dict):
         raise UserError(f"baseline file {path} is not a harness baseline (format {BASELINE_FORMAT})")
+    problem = baseline_problem(data)
+    if problem:
+        raise UserError(f"baseline file {path}: {problem}")
     return data
+
+
+BETTER = ("higher", "lower", "none")
+
+
+def baseline_problem(data: dict[str, Any]) -> str:
+    """Where a (hand-edited) baseline departs from what ``baseline save`` writes, or "": each unit
+    an object with its description, status, error and metrics; each metric a number (NaN allowed: a
+    stored NaN fails the gate by name), a unit and a direction; raw samples a list of numbers."""
+    if not isinstance(data.get("suite"), str):
+        return "suite: missing or not a string"
+    stored = {s.value for s in Status}
+    for ident, unit in data["units"].items():
+        at = f"units.{ident}"
+        if not isinstance(unit, dict):
+            return f"{at}: not an object"
+        for key in ("unit", "error"):
+            if not isinstance(unit.get(key), str):
+                return f"{at}.{key}: missing or not a string"
+        if unit.get("status") not in stored:
+            return f"{at}.status: {unit.get('status')!r} is not one of {', '.join(sorted(stored))}"
+        if not isinstance(unit.get("metrics"), dict):
+            return f"{at}.metrics: missing or not an object"
+        for name, metric in unit["metrics"].items():
+            where = f"{at}.metrics.{name}"
+            if not isinstance(metric, dict):
+                return f"{where}: not an object"
+            value = metric.get("value")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"{where}.value: {value!r} is not a number"
+            if not isinstance(metric.get("unit"), str):
+                return f"{where}.unit: missing or not a string"
+            if metric.get("better") not in BETTER:
+                return f"{where}.better: {metric.get('better')!r} is not one of {', '.join(BETTER)}"
+            samples = metric.get("samples", [])
+            if not isinstance(samples, list) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) for v in samples
+            ):
+                return f"{where}.samples: not a list of numbers"
+    return ""
 
 
 # --- comparison ----------------------------------------------------------------------------------

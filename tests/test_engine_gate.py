@@ -195,6 +195,47 @@ def test_bad_baseline_input_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["check", str(path), "--db", db, "--baseline", str(tmp_path / "bad.json")]) == 2
 
 
+def _first_unit(data: dict) -> dict:
+    return next(iter(data["units"].values()))
+
+
+def _first_metric(data: dict) -> dict:
+    return next(iter(_first_unit(data)["metrics"].values()))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda d: d.pop("suite"), "suite: missing"),
+        (lambda d: _first_unit(d).update(status="weird"), ".status: 'weird' is not one of"),
+        (lambda d: _first_unit(d).update(metrics=[1, 2]), ".metrics: missing or not an object"),
+        (lambda d: _first_unit(d).pop("unit"), ".unit: missing or not a string"),
+        (lambda d: _first_metric(d).update(value="abc"), ".value: 'abc' is not a number"),
+        (lambda d: _first_metric(d).update(value=True), ".value: True is not a number"),
+        (lambda d: _first_metric(d).update(better="sideways"), ".better: 'sideways' is not one of"),
+        (lambda d: _first_metric(d).update(samples=["x"]), ".samples: not a list of numbers"),
+    ],
+)
+def test_a_hand_edited_baseline_is_named_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit, named: str
+) -> None:
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    path = tmp_path / "gated.yaml"
+    path.write_text(ACCURACY_SUITE)
+    assert main(["run", str(path), "--db", db, "--no-progress"]) == 0
+    baseline = tmp_path / "baseline.json"
+    assert main(["baseline", "save", str(path), "--db", db, "--out", str(baseline), "--allow-dirty"]) == 0
+    check = ["check", str(path), "--db", db, "--baseline", str(baseline), "--no-ab"]
+    assert main(check) == 0
+    data = json.loads(baseline.read_text())
+    edit(data)
+    baseline.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(check) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(baseline) in err and named in err and "Traceback" not in err
+
+
 def test_baseline_save_refuses_a_dirty_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "x.db"
     path = tmp_path / "gated.yaml"

@@ -89,6 +89,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import RunOptions, run_suite, select_units, summary_table
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: must be at least 1")
+    if args.timeout is not None and not args.timeout > 0:
+        raise UserError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
     suite = _load_suite(args.suite, args.set)
     options = RunOptions(
         scale=args.scale,

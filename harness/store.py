@@ -375,6 +375,15 @@ class Store:
             kwargs["pool_pre_ping"] = True  # a connection the server dropped (restart, idle timeout) is replaced
         try:
             engine = create_engine(url, **kwargs)
+        except ModuleNotFoundError as exc:
+            hint = (
+                " (the postgres extra installs psycopg2: postgresql+psycopg2://...)"
+                if parsed.get_backend_name() == "postgresql"
+                else ""
+            )
+            raise UserError(
+                f"cannot open database {mask_url(url)!r}: its driver {exc.name!r} is not installed{hint}"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - driver import errors, bad options
             raise UserError(f"cannot open database {mask_url(url)!r}: {one_line(str(exc))}") from None
         if parsed.get_backend_name() == "sqlite":

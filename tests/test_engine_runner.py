@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -178,3 +179,34 @@ def test_list_dry_run_and_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFix
     db = tmp_path / "never.db"
     assert main(["run", str(path), "--dry-run", "--db", f"sqlite:///{db}"]) == 0
     assert "3 units" in capsys.readouterr().out and not db.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--threads", "0"], "--threads 0: must be at least 1"),
+        (["--threads", "-2", "--dry-run"], "--threads -2: must be at least 1"),
+        (["--timeout", "-5"], "--timeout -5: must be a positive number of seconds"),
+        (["--timeout", "nan"], "--timeout nan: must be a positive number of seconds"),
+    ],
+)
+def test_bad_run_flags_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    path = suite_file(tmp_path, "  - trial: test.behave\n    matrix: {index: [1]}\n")
+    db = tmp_path / "h.db"
+    assert main(["run", str(path), "--db", f"sqlite:///{db}", "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not db.exists()
+
+
+def test_a_database_driver_that_is_not_installed_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg (3); the postgres extra installs psycopg2."""
+    pytest.importorskip("psycopg2")  # the postgres extra, as `make test` installs it
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg (3) is installed here: the default driver loads")
+    assert main(["runs", "--db", "postgresql://me:hunter2@127.0.0.1:1/db"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and err.count("\n") == 1
+    assert "driver 'psycopg' is not installed" in err and "postgresql+psycopg2://" in err

@@ -217,6 +217,19 @@ class BadCell:
         )
 
 
+# (column types, SQLite condition true for a cell of the wrong storage class, what it should be), first
+# match wins: NanFloat before Float (it also keeps the text 'NaN'), Boolean before Integer.
+SQLITE_STORAGE: tuple[tuple[type | tuple[type, ...], str, str], ...] = (
+    (NanFloat, "typeof({c}) NOT IN ('real', 'integer') AND {c} IS NOT 'NaN'", "a number"),
+    (Float, "typeof({c}) NOT IN ('real', 'integer')", "a number"),
+    (Boolean, "typeof({c}) != 'integer' OR {c} NOT IN (0, 1)", "a boolean (0 or 1)"),
+    (Integer, "typeof({c}) != 'integer'", "an integer"),
+    (DateTime, "typeof({c}) != 'text' OR datetime({c}) IS NULL", "a date and time"),
+    (JSON, "typeof({c}) != 'text' OR NOT json_valid({json})", "valid JSON"),
+    (String, "typeof({c}) != 'text'", "text"),
+)
+
+
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -236,20 +249,9 @@ def _cell_rules(table: Any, dialect: str) -> list[tuple[str, str, str]]:
         c, kind, name = _quoted(column.name), column.type, column.name
         conditions: list[tuple[str, str]] = []
         if dialect == "sqlite":
-            if isinstance(kind, NanFloat):
-                conditions.append((f"typeof({c}) NOT IN ('real', 'integer') AND {c} IS NOT 'NaN'", "a number"))
-            elif isinstance(kind, Float):
-                conditions.append((f"typeof({c}) NOT IN ('real', 'integer')", "a number"))
-            elif isinstance(kind, Boolean):
-                conditions.append((f"typeof({c}) != 'integer' OR {c} NOT IN (0, 1)", "a boolean (0 or 1)"))
-            elif isinstance(kind, Integer):
-                conditions.append((f"typeof({c}) != 'integer'", "an integer"))
-            elif isinstance(kind, DateTime):
-                conditions.append((f"typeof({c}) != 'text' OR datetime({c}) IS NULL", "a date and time"))
-            elif isinstance(kind, JSON):
-                conditions.append((f"typeof({c}) != 'text' OR NOT json_valid({_sqlite_json(c)})", "valid JSON"))
-            elif isinstance(kind, String):
-                conditions.append((f"typeof({c}) != 'text'", "text"))
+            storage = next(((bad, what) for kinds, bad, what in SQLITE_STORAGE if isinstance(kind, kinds)), None)
+            if storage is not None:
+                conditions.append((storage[0].format(c=c, json=_sqlite_json(c)), storage[1]))
         if isinstance(kind, JSON) and dialect in ("sqlite", "postgresql"):
             shape = "array" if (table.name, name) in JSON_ARRAY_COLUMNS else "object"
             allowed = f"('{shape}', 'null')" if column.nullable else f"('{shape}')"

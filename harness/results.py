@@ -426,7 +426,11 @@ def write_frame(frame: pd.DataFrame, fmt: str, out: Path | None = None, stream: 
         return
     text = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=1) + "\n"
     if out is not None:
-        _writable(out).write_text(text)
+        path = _writable(out)
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            raise UserError(f"--out: cannot write {path}: {exc.strerror}") from None
     else:
         (stream or sys.stdout).write(text)
 
@@ -437,7 +441,12 @@ def _write_parquet(frame: pd.DataFrame, out: Path | None) -> None:
     if out is None and sys.stdout.isatty():
         raise UserError("--format parquet is binary: give --out FILE or redirect stdout")
     target: Any = _writable(out) if out is not None else sys.stdout.buffer
-    _arrow_safe(frame).to_parquet(target, index=False)
+    try:
+        _arrow_safe(frame).to_parquet(target, index=False)
+    except OSError as exc:
+        raise UserError(
+            f"--out: cannot write {target if out is not None else 'stdout'}: {exc.strerror or exc}"
+        ) from None
 
 
 def _writable(path: Path) -> Path:

@@ -210,3 +210,19 @@ def test_a_database_driver_that_is_not_installed_is_named(capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "hunter2" not in err and err.count("\n") == 1
     assert "driver 'psycopg' is not installed" in err and "postgresql+psycopg2://" in err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_show_to_a_path_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    path = suite_file(tmp_path, "  - trial: test.behave\n    matrix: {index: [1]}\n")
+    db = f"sqlite:///{tmp_path / 'h.db'}"
+    assert main(["run", str(path), "--db", db, "--no-progress"]) == 0
+    (tmp_path / "a_directory").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for out, said in ((tmp_path / "a_directory", "cannot write"), (tmp_path / "a_file" / "x", "cannot create")):
+        capsys.readouterr()
+        assert main(["show", "s", "--db", db, "--format", fmt, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out: {said} " in err and err.count("\n") == 1 and "Traceback" not in err, err

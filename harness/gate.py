@@ -143,8 +143,11 @@ def save_baseline(store: Store, target: str, out: Path, *, allow_dirty: bool = F
         "provenance": prov,
         "units": snapshot(rows),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(mask_tree(data), indent=1, sort_keys=True) + "\n")  # no password in a baseline
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(mask_tree(data), indent=1, sort_keys=True) + "\n")  # no password in a baseline
+    except OSError as exc:
+        raise UserError(f"--out: cannot write {exc.filename or out}: {exc.strerror}") from None
     return out
 
 

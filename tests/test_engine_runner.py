@@ -226,3 +226,24 @@ def test_show_to_a_path_that_cannot_be_written_is_one_line(
         assert main(["show", "s", "--db", db, "--format", fmt, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert f"--out: {said} " in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_report_and_baseline_to_paths_that_cannot_be_written_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = suite_file(tmp_path, "  - trial: test.behave\n    matrix: {index: [1]}\n")
+    db = f"sqlite:///{tmp_path / 'h.db'}"
+    assert main(["run", str(path), "--db", db, "--no-progress"]) == 0
+    (tmp_path / "out" / "s.md").mkdir(parents=True)  # where the report's markdown file goes
+    (tmp_path / "out" / "s-history.html").mkdir()
+    (tmp_path / "baseline.json").mkdir()
+    cases = [
+        (["report", str(path), "--out", str(tmp_path / "out"), "--format", "md"], "s.md: Is a directory"),
+        (["report", str(path), "--out", str(tmp_path / "out"), "--history"], "s-history.html: Is a directory"),
+        (["baseline", "save", "1", "--out", str(tmp_path / "baseline.json"), "--allow-dirty"], "Is a directory"),
+    ]
+    for argv, said in cases:
+        capsys.readouterr()
+        assert main([*argv, "--db", db]) == 2, argv
+        err = capsys.readouterr().err
+        assert "--out: cannot write" in err and said in err and err.count("\n") == 1, err

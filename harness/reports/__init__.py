@@ -169,6 +169,8 @@ def build_report(
             write_html(report, results, target)
             written.append(target)
         written += [p for files in figure_files.values() for p in files.values()]
+    except OSError as exc:  # a report file that is a directory, a figures directory that is a file...
+        raise UserError(f"--out: cannot write {exc.filename or out}: {exc.strerror or exc}") from None
     finally:
         for _, _, fig in figures:
             plt.close(fig)

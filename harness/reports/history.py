@@ -287,5 +287,8 @@ def build_history_report(store: Store, suite: Suite | str | Path, out_dir: Path)
     except OSError as exc:
         raise UserError(f"--out: cannot create {out_dir}: {exc.strerror}") from None
     target = out_dir / f"{suite.name}-history.html"
-    target.write_text(render_history(history), encoding="utf-8")
+    try:
+        target.write_text(render_history(history), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--out: cannot write {target}: {exc.strerror}") from None
     return target

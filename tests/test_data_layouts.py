@@ -243,6 +243,22 @@ def test_labels_are_read_per_item(tmp_path: Path) -> None:
         dataset[1]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_file_read_by_loader_workers_is_the_same_one_line(tmp_path: Path, workers: int) -> None:
+    """Read in DataLoader workers, a corrupt label gives the same UserError as read in-process: its
+    own message naming the file, not the worker's traceback text."""
+    from methods.datasets.loading import iterate_samples
+
+    write_sunrgbd(tmp_path)
+    dataset = build_dataset({"name": "sunrgbd", "root": str(tmp_path)}, "train")
+    (tmp_path / "sunrgbd_train_test_labels" / "img-005052.png").write_bytes(b"not a png")
+    with pytest.raises(UserError) as raised:
+        list(iterate_samples(dataset, range(len(dataset)), batch_size=1, workers=workers))
+    message = str(raised.value)
+    assert message.startswith("sunrgbd: cannot read label ") and "img-005052.png" in message
+    assert "Traceback" not in message and "\n" not in message
+
+
 def test_a_missing_root_on_the_command_line_is_one_line_exit_2_and_the_database_is_untouched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

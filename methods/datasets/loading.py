@@ -14,6 +14,7 @@ smaller than the crop.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -38,8 +39,18 @@ def _as_list(samples: list[Any]) -> list[Any]:
     return samples
 
 
+@dataclass(frozen=True)
+class _ReadError:
+    """A UserError raised while an item was read (say, a corrupt image), carried back as data: raised
+    in a DataLoader worker it would reach the trial wrapped in the worker's traceback text, not as
+    the one line that names the file."""
+
+    message: str
+
+
 class _Indexed(Dataset):
-    """``dataset`` restricted to ``indices``; item k is ``(indices[k], dataset[indices[k]])``."""
+    """``dataset`` restricted to ``indices``; item k is ``(indices[k], dataset[indices[k]])``, or
+    ``(indices[k], _ReadError)`` when reading it raised a UserError."""
 
     def __init__(self, dataset: Dataset, indices: Sequence[int]):
         self.dataset = dataset
@@ -50,7 +61,10 @@ class _Indexed(Dataset):
 
     def __getitem__(self, position: int) -> tuple[int, Any]:
         index = self.indices[position]
-        return index, self.dataset[index]
+        try:
+            return index, self.dataset[index]
+        except UserError as exc:
+            return index, _ReadError(str(exc))
 
 
 def iterate_batches(
@@ -70,7 +84,11 @@ def iterate_batches(
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
     )
-    yield from loader
+    for batch in loader:
+        for _, item in batch:
+            if isinstance(item, _ReadError):
+                raise UserError(item.message)
+        yield batch
 
 
 def iterate_samples(

@@ -13,6 +13,12 @@ class UserError(Exception):
     """Bad input from the user (a suite, a parameter, a path). Printed as one line, exit code 2."""
 
 
+def cannot_write(path: object, exc: OSError) -> UserError:
+    """The one line for an ``--out`` file the OS refused (a directory, a file where a directory
+    belongs, a read-only or missing place): the path it refused and why."""
+    return UserError(f"--out: cannot write {exc.filename or path}: {exc.strerror or exc}")
+
+
 class UnitStatusError(Exception):
     """Base for exceptions that end a unit with a specific, non-failure status."""
 

@@ -38,7 +38,7 @@ from harness.ab import ABPlan, ABResult, ABUnavailable, commit_reachable, repo_r
 from harness.compare import Change, finite, judge_ab, judge_value
 from harness.compare import is_gated_value as _is_gated_value
 from harness.compare import is_timed as _is_timed
-from harness.errors import UserError
+from harness.errors import UserError, cannot_write
 from harness.redact import mask_tree
 from harness.results import ResultRow, Status, gate_ids, resolve_target
 from harness.store import Store
@@ -147,7 +147,7 @@ def save_baseline(store: Store, target: str, out: Path, *, allow_dirty: bool = F
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(mask_tree(data), indent=1, sort_keys=True) + "\n")  # no password in a baseline
     except OSError as exc:
-        raise UserError(f"--out: cannot write {exc.filename or out}: {exc.strerror}") from None
+        raise cannot_write(out, exc) from None
     return out
 
 

@@ -417,7 +417,7 @@ def write_frame(frame: pd.DataFrame, fmt: str, out: Path | None = None, stream: 
 
     Parquet is binary: to stdout only when stdout is not a terminal.
     """
-    from harness.errors import UserError
+    from harness.errors import UserError, cannot_write
 
     if fmt not in FRAME_FORMATS:
         raise UserError(f"--format: unknown format {fmt!r} (choose from {', '.join(FRAME_FORMATS)})")
@@ -430,13 +430,13 @@ def write_frame(frame: pd.DataFrame, fmt: str, out: Path | None = None, stream: 
         try:
             path.write_text(text)
         except OSError as exc:
-            raise UserError(f"--out: cannot write {path}: {exc.strerror}") from None
+            raise cannot_write(path, exc) from None
     else:
         (stream or sys.stdout).write(text)
 
 
 def _write_parquet(frame: pd.DataFrame, out: Path | None) -> None:
-    from harness.errors import UserError
+    from harness.errors import UserError, cannot_write
 
     if out is None and sys.stdout.isatty():
         raise UserError("--format parquet is binary: give --out FILE or redirect stdout")
@@ -444,9 +444,7 @@ def _write_parquet(frame: pd.DataFrame, out: Path | None) -> None:
     try:
         _arrow_safe(frame).to_parquet(target, index=False)
     except OSError as exc:
-        raise UserError(
-            f"--out: cannot write {target if out is not None else 'stdout'}: {exc.strerror or exc}"
-        ) from None
+        raise cannot_write(target if out is not None else "stdout", exc) from None
 
 
 def _writable(path: Path) -> Path:

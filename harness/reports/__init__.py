@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 
-from harness.errors import UserError
+from harness.errors import UserError, cannot_write
 from harness.reports.figures import draw_figure
 from harness.reports.layout import ReportLayout, parse_layout
 from harness.reports.provenance import build_provenance
@@ -170,7 +170,7 @@ def build_report(
             written.append(target)
         written += [p for files in figure_files.values() for p in files.values()]
     except OSError as exc:  # a report file that is a directory, a figures directory that is a file...
-        raise UserError(f"--out: cannot write {exc.filename or out}: {exc.strerror or exc}") from None
+        raise cannot_write(out, exc) from None
     finally:
         for _, _, fig in figures:
             plt.close(fig)

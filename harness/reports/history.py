@@ -25,7 +25,7 @@ from pathlib import Path
 from scipy.stats import mannwhitneyu
 
 from harness.compare import Change, is_gated_value, is_timed, judge
-from harness.errors import UserError
+from harness.errors import UserError, cannot_write
 from harness.results import MetricValue, ResultRow, Status, gate_ids
 from harness.store import Run, Store
 from harness.suite import GateSettings, Suite
@@ -290,5 +290,5 @@ def build_history_report(store: Store, suite: Suite | str | Path, out_dir: Path)
     try:
         target.write_text(render_history(history), encoding="utf-8")
     except OSError as exc:
-        raise UserError(f"--out: cannot write {target}: {exc.strerror}") from None
+        raise cannot_write(target, exc) from None
     return target

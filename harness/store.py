@@ -269,10 +269,26 @@ def _cell_rules(table: Any, dialect: str) -> list[tuple[str, str, str]]:
     return rules
 
 
+def job_plan_problem(jobs: Any) -> tuple[Any, str] | None:
+    """(the offending value, what it should be) when a run's ``jobs`` plan (see
+    :meth:`Store.set_run_jobs`) is not the shape ``harness status`` and the workers read, else None."""
+    listed = (jobs or {}).get("jobs", [])
+    if not isinstance(listed, list):
+        return listed, "a list of jobs (under 'jobs')"
+    for job in listed:
+        if not isinstance(job, dict):
+            return job, "a job (an object)"
+        units = job.get("units", [])
+        if not isinstance(units, list) or not all(isinstance(key, str) for key in units):
+            return units, "a job's list of unit keys"
+    return None
+
+
 def find_bad_cell(conn: Connection) -> BadCell | None:
     """The first cell (table by table, lowest row id first) that the schema cannot read back: a value
     of the wrong storage type, invalid JSON or a JSON value of the wrong shape, an unknown status, a
-    negative or infinite duration. One scan per checked column; None when every cell is readable."""
+    negative or infinite duration; then a run's jobs plan of the wrong shape. One scan per checked
+    column; None when every cell is readable."""
     dialect = conn.dialect.name
     for table in Base.metadata.sorted_tables:
         key = _quoted(next(iter(table.primary_key.columns)).name)
@@ -282,6 +298,10 @@ def find_bad_cell(conn: Connection) -> BadCell | None:
             row = conn.execute(text(query)).first()
             if row is not None:
                 return BadCell(table.name, row[0], column, row[1], expected)
+    for run_id, jobs in conn.execute(select(Run.id, Run.jobs).where(Run.jobs.is_not(None))):
+        problem = job_plan_problem(jobs)
+        if problem is not None:
+            return BadCell("runs", run_id, "jobs", *problem)
     return None
 
 

@@ -81,6 +81,13 @@ ANY_DB_DOCTORINGS = [
     ("UPDATE results SET duration_s = -5 WHERE id = {id}", "results", "duration_s", "is not a duration"),
     ("UPDATE runs SET units = '{{\"a\": 1}}' WHERE id = 1", "runs", "units", "is not a JSON array"),
     ("UPDATE runs SET status = 'sleeping' WHERE id = 1", "runs", "status", "is not one of running, ok"),
+    ("UPDATE runs SET jobs = '{{\"jobs\": 5}}' WHERE id = 1", "runs", "jobs", "is not a list of jobs"),
+    (
+        'UPDATE runs SET jobs = \'{{"jobs": [{{"units": 3}}]}}\' WHERE id = 1',
+        "runs",
+        "jobs",
+        "is not a job's list of unit keys",
+    ),
 ]
 
 

@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 from rich.markup import escape
@@ -40,6 +40,7 @@ from harness.compare import is_gated_value as _is_gated_value
 from harness.compare import is_timed as _is_timed
 from harness.errors import UserError, cannot_write
 from harness.redact import mask_tree
+from harness.registry import Better
 from harness.results import ResultRow, Status, gate_ids, resolve_target
 from harness.store import Store
 from harness.suite import GateSettings, load_suite
@@ -166,16 +167,14 @@ def load_baseline(path: Path) -> dict[str, Any]:
     return data
 
 
-BETTER = ("higher", "lower", "none")
-
-
 def baseline_problem(data: dict[str, Any]) -> str:
     """Where a (hand-edited) baseline departs from what ``baseline save`` writes, or "": each unit
     an object with its description, status, error and metrics; each metric a number (NaN allowed: a
     stored NaN fails the gate by name), a unit and a direction; raw samples a list of numbers."""
     if not isinstance(data.get("suite"), str):
         return "suite: missing or not a string"
-    stored = {s.value for s in Status}
+    stored = [s.value for s in Status if s.is_stored]
+    directions = get_args(Better)
     for ident, unit in data["units"].items():
         at = f"units.{ident}"
         if not isinstance(unit, dict):
@@ -184,7 +183,7 @@ def baseline_problem(data: dict[str, Any]) -> str:
             if not isinstance(unit.get(key), str):
                 return f"{at}.{key}: missing or not a string"
         if unit.get("status") not in stored:
-            return f"{at}.status: {unit.get('status')!r} is not one of {', '.join(sorted(stored))}"
+            return f"{at}.status: {unit.get('status')!r} is not one of {', '.join(stored)}"
         if not isinstance(unit.get("metrics"), dict):
             return f"{at}.metrics: missing or not an object"
         for name, metric in unit["metrics"].items():
@@ -196,8 +195,8 @@ def baseline_problem(data: dict[str, Any]) -> str:
                 return f"{where}.value: {value!r} is not a number"
             if not isinstance(metric.get("unit"), str):
                 return f"{where}.unit: missing or not a string"
-            if metric.get("better") not in BETTER:
-                return f"{where}.better: {metric.get('better')!r} is not one of {', '.join(BETTER)}"
+            if metric.get("better") not in directions:
+                return f"{where}.better: {metric.get('better')!r} is not one of {', '.join(directions)}"
             samples = metric.get("samples", [])
             if not isinstance(samples, list) or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in samples

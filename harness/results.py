@@ -55,6 +55,11 @@ class Status(str, Enum):
         """A unit that should have worked and did not (fails the run and the gate)."""
         return self in (Status.FAILED, Status.TIMEOUT, Status.MISSING)
 
+    @property
+    def is_stored(self) -> bool:
+        """How a stored unit may have ended (skipped and missing describe units of a run, never a row)."""
+        return self not in (Status.SKIPPED, Status.MISSING)
+
 
 class RunStatus(str, Enum):
     RUNNING = "running"

@@ -194,7 +194,7 @@ class Sample(Base):
 
 JSON_ARRAY_COLUMNS = {("runs", "units")}  # every other JSON column holds an object
 STATUSES = {
-    ("results", "status"): tuple(s.value for s in Status if s not in (Status.SKIPPED, Status.MISSING)),
+    ("results", "status"): tuple(s.value for s in Status if s.is_stored),
     ("runs", "status"): tuple(s.value for s in RunStatus),
 }
 

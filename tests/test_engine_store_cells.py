@@ -43,52 +43,34 @@ def table_counts(url: str) -> dict[str, int]:
         return {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in ("runs", "results")}
 
 
-def result_id(url: str) -> int:
-    with create_engine(url).connect() as conn:
-        return int(conn.execute(text("SELECT min(id) FROM results")).scalar_one())
-
-
-# (SQL with {id} = the first result's id, table, column, what the message says the cell should be)
-SQLITE_DOCTORINGS = [
-    ("UPDATE results SET duration_s = 'abc' WHERE id = {id}", "results", "duration_s", "is not a number"),
-    ("UPDATE results SET params = '{{not json' WHERE id = {id}", "results", "params", "is not valid JSON"),
-    ("UPDATE results SET notes = 'oops' WHERE id = {id}", "results", "notes", "is not valid JSON"),
-    ("UPDATE results SET seed = 'x' WHERE id = {id}", "results", "seed", "is not an integer"),
-    ("UPDATE results SET started_at = 'yesterday' WHERE id = {id}", "results", "started_at", "is not a date"),
-    ("UPDATE results SET section = x'00ff' WHERE id = {id}", "results", "section", "is not text"),
-    ("UPDATE runs SET started_at = '2026-13-45 10:00:00' WHERE id = 1", "runs", "started_at", "is not a date"),
-    ("UPDATE runs SET packages = 'garbage' WHERE id = 1", "runs", "packages", "is not valid JSON"),
-    ("UPDATE runs SET threads = 'two' WHERE id = 1", "runs", "threads", "is not an integer"),
-    ("UPDATE runs SET git_dirty = 7 WHERE id = 1", "runs", "git_dirty", "is not a boolean"),
-    (
-        "UPDATE metrics SET value = 'abc' WHERE id = (SELECT min(id) FROM metrics)",
-        "metrics",
-        "value",
-        "is not a number",
-    ),
-    (
-        "UPDATE samples SET value = x'00' WHERE id = (SELECT min(id) FROM samples)",
-        "samples",
-        "value",
-        "is not a number",
-    ),
+# (table, column, the SQL value written into its lowest-id row, what the message says the cell should
+# be, where it can be written: "sqlite" = a value of the wrong storage type, which only SQLite keeps;
+# "any" = a value of the right type that no code knows, caught on every back end)
+DOCTORINGS = [
+    ("results", "duration_s", "'abc'", "is not a number", "sqlite"),
+    ("results", "params", "'{not json'", "is not valid JSON", "sqlite"),
+    ("results", "notes", "'oops'", "is not valid JSON", "sqlite"),
+    ("results", "seed", "'x'", "is not an integer", "sqlite"),
+    ("results", "started_at", "'yesterday'", "is not a date", "sqlite"),
+    ("results", "section", "x'00ff'", "is not text", "sqlite"),
+    ("runs", "started_at", "'2026-13-45 10:00:00'", "is not a date", "sqlite"),
+    ("runs", "packages", "'garbage'", "is not valid JSON", "sqlite"),
+    ("runs", "threads", "'two'", "is not an integer", "sqlite"),
+    ("runs", "git_dirty", "7", "is not a boolean", "sqlite"),
+    ("metrics", "value", "'abc'", "is not a number", "sqlite"),
+    ("samples", "value", "x'00'", "is not a number", "sqlite"),
+    ("results", "params", "'[1, 2]'", "is not a JSON object", "any"),
+    ("results", "status", "'weird'", "is not one of ok, failed", "any"),
+    ("results", "duration_s", "-5", "is not a duration", "any"),
+    ("runs", "units", """'{"a": 1}'""", "is not a JSON array", "any"),
+    ("runs", "status", "'sleeping'", "is not one of running, ok", "any"),
+    ("runs", "jobs", """'{"jobs": 5}'""", "is not a list of jobs", "any"),
+    ("runs", "jobs", """'{"jobs": [{"units": 3}]}'""", "is not a job's list of unit keys", "any"),
 ]
 
-# Wrong values of the right type: caught on every back end.
-ANY_DB_DOCTORINGS = [
-    ("UPDATE results SET params = '[1, 2]' WHERE id = {id}", "results", "params", "is not a JSON object"),
-    ("UPDATE results SET status = 'weird' WHERE id = {id}", "results", "status", "is not one of ok, failed"),
-    ("UPDATE results SET duration_s = -5 WHERE id = {id}", "results", "duration_s", "is not a duration"),
-    ("UPDATE runs SET units = '{{\"a\": 1}}' WHERE id = 1", "runs", "units", "is not a JSON array"),
-    ("UPDATE runs SET status = 'sleeping' WHERE id = 1", "runs", "status", "is not one of running, ok"),
-    ("UPDATE runs SET jobs = '{{\"jobs\": 5}}' WHERE id = 1", "runs", "jobs", "is not a list of jobs"),
-    (
-        'UPDATE runs SET jobs = \'{{"jobs": [{{"units": 3}}]}}\' WHERE id = 1',
-        "runs",
-        "jobs",
-        "is not a job's list of unit keys",
-    ),
-]
+
+def doctored(where: str) -> list[tuple[str, str, str, str]]:
+    return [case[:4] for case in DOCTORINGS if case[4] == where]
 
 
 def check_every_command_refuses(
@@ -112,34 +94,29 @@ def check_every_command_refuses(
     assert not (tmp_path / "reports").exists() and not (tmp_path / "baseline.json").exists()
 
 
-@pytest.mark.parametrize(("sql", "table", "column", "expected"), SQLITE_DOCTORINGS)
+def doctor_and_check(
+    tmp_path: Path, url: str, case: tuple[str, str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    table, column, value, expected = case
+    suite = stored_run(tmp_path, url)
+    with create_engine(url).begin() as conn:
+        row = conn.execute(text(f"SELECT min(id) FROM {table}")).scalar_one()
+        conn.execute(text(f"UPDATE {table} SET {column} = {value} WHERE id = {row}"))
+    check_every_command_refuses(tmp_path, url, suite, f"{table} row {row}, column {column}:", expected, capsys)
+
+
+@pytest.mark.parametrize("case", doctored("sqlite"))
 def test_a_cell_of_the_wrong_type_is_named_by_every_command(
-    tmp_path: Path, db_url: str, sql: str, table: str, column: str, expected: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, db_url: str, case: tuple[str, str, str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    suite = stored_run(tmp_path, db_url)
-    first = result_id(db_url)
-    with create_engine(db_url).begin() as conn:
-        row = conn.execute(text(f"SELECT min(id) FROM {table}")).scalar_one() if table != "results" else first
-        conn.execute(text(sql.format(id=first)))
-    check_every_command_refuses(tmp_path, db_url, suite, f"{table} row {row}, column {column}:", expected, capsys)
+    doctor_and_check(tmp_path, db_url, case, capsys)
 
 
-@pytest.mark.parametrize(("sql", "table", "column", "expected"), ANY_DB_DOCTORINGS)
+@pytest.mark.parametrize("case", doctored("any"))
 def test_a_value_no_code_knows_is_named_on_every_back_end(
-    tmp_path: Path,
-    any_db_url: str,
-    sql: str,
-    table: str,
-    column: str,
-    expected: str,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, any_db_url: str, case: tuple[str, str, str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    suite = stored_run(tmp_path, any_db_url)
-    first = result_id(any_db_url)
-    with create_engine(any_db_url).begin() as conn:
-        conn.execute(text(sql.format(id=first)))
-    row = first if table == "results" else 1
-    check_every_command_refuses(tmp_path, any_db_url, suite, f"{table} row {row}, column {column}:", expected, capsys)
+    doctor_and_check(tmp_path, any_db_url, case, capsys)
 
 
 def test_what_the_harness_itself_writes_passes_the_check(db_url: str) -> None:

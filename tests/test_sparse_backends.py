@@ -68,12 +68,12 @@ def test_native_matches_dense(spec, algorithm):
     assert_close(outputs_and_grads(NativeBackend(algorithm), spec), outputs_and_grads(DenseBackend(), spec), 1e-9)
 
 
-@pytest.mark.parametrize(
-    "spec", [ConvSpec("subm", 3, 1, 1), ConvSpec("down", 3, 1, 2), ConvSpec("up", 3, 2, 1)], ids=str
-)
-def test_native_gemm_under_bf16_autocast_matches_dense_with_fp32_master_weights(spec):
+@pytest.mark.parametrize("algorithm", ["hybrid", "gemm", "scatter"])
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_native_under_bf16_autocast_matches_dense_with_fp32_master_weights(spec, algorithm):
     """Training runs under CPU bf16 autocast: native's own backward must hand fp32 gradients to the
-    fp32 inputs and agree with dense to bf16 precision."""
+    fp32 inputs and agree with dense to bf16 precision, whichever algorithm (the scattered offsets
+    once summed bf16 products into an fp32 buffer: an error, not a result)."""
 
     def run(backend):
         x, weight = problem(spec, torch.float32)
@@ -84,7 +84,7 @@ def test_native_gemm_under_bf16_autocast_matches_dense_with_fp32_master_weights(
         assert x.feats.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
         return out.detach().float(), x.feats.grad, weight.grad
 
-    native, dense = run(NativeBackend("gemm")), run(DenseBackend())
+    native, dense = run(NativeBackend(algorithm)), run(DenseBackend())
     for a, b in zip(native, dense, strict=True):
         assert (a - b).abs().max() <= 0.03 * b.abs().max()
 

@@ -141,7 +141,12 @@ def gather_scatter(
 ) -> Tensor:
     """Per offset: out[out_rows] += feats[in_rows] @ weight[k]. ``identity``: an offset known to map
     every site onto itself (submanifold centre), done as one plain GEMM. Offsets with empty pairs are
-    skipped. ``out``: a partial result to accumulate into (modified in place)."""
+    skipped. ``out``: a partial result to accumulate into (modified in place). Under autocast the
+    products and the sum are in the autocast dtype, as in ``implicit_gemm``."""
+    device_type = feats.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        feats, weight = feats.to(dtype), weight.to(dtype)
     if out is None:
         out = feats @ weight[identity] if identity is not None else feats.new_zeros(num_out, weight.shape[2])
     for k, (in_rows, out_rows) in enumerate(pairs):

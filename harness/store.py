@@ -284,11 +284,62 @@ def job_plan_problem(jobs: Any) -> tuple[Any, str] | None:
     return None
 
 
+# (table, column, parent table): each value must be the id of a row of the parent. The ORM deletes a
+# run's results, metrics and samples with it; a row left pointing nowhere was edited by hand.
+REFERENCES = (("results", "run_id", "runs"), ("metrics", "result_id", "results"), ("samples", "metric_id", "metrics"))
+
+
+def missing_structure(conn: Connection) -> str | None:
+    """What of this schema's tables and columns the database lacks (a table dropped or a column
+    removed by hand), or None. Extra tables and columns are left alone."""
+    inspector = inspect(conn)
+    present = set(inspector.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        if table.name not in present:
+            return f"has no table {table.name}"
+        columns = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in columns]
+        if missing:
+            return f"table {table.name} has no column {', '.join(missing)}"
+    return None
+
+
+def _dangling_reference(conn: Connection) -> BadCell | None:
+    """The first row whose reference (``REFERENCES``) names no row of its parent table."""
+    for table, column, parent in REFERENCES:
+        t, c, p = _quoted(table), _quoted(column), _quoted(parent)
+        dangling = conn.execute(
+            text(
+                f"SELECT ref FROM (SELECT DISTINCT {c} AS ref FROM {t}) refs "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE {p}.id = refs.ref) ORDER BY 1 LIMIT 1"
+            )
+        ).first()
+        if dangling is not None:
+            row_id = conn.execute(text(f"SELECT min(id) FROM {t} WHERE {c} = :ref"), {"ref": dangling[0]}).scalar()
+            return BadCell(table, row_id, column, dangling[0], f"the id of a row of {parent}")
+    return None
+
+
+def _repeated_metric(conn: Connection) -> BadCell | None:
+    """The first metric whose name its result already has (a report would show either value)."""
+    row = conn.execute(
+        select(func.max(MetricRow.id), MetricRow.name, MetricRow.result_id)
+        .group_by(MetricRow.result_id, MetricRow.name)
+        .having(func.count() > 1)
+        .order_by(func.max(MetricRow.id))
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return BadCell("metrics", row[0], "name", row[1], f"a metric name new to result {row[2]} (it has it twice)")
+
+
 def find_bad_cell(conn: Connection) -> BadCell | None:
     """The first cell (table by table, lowest row id first) that the schema cannot read back: a value
     of the wrong storage type, invalid JSON or a JSON value of the wrong shape, an unknown status, a
-    negative or infinite duration; then a run's jobs plan of the wrong shape. One scan per checked
-    column; None when every cell is readable."""
+    negative or infinite duration; then a run's jobs plan of the wrong shape, a reference to a row
+    that does not exist and a metric named twice in one result. One scan per checked column; None
+    when every cell is readable."""
     dialect = conn.dialect.name
     for table in Base.metadata.sorted_tables:
         key = _quoted(next(iter(table.primary_key.columns)).name)
@@ -302,7 +353,7 @@ def find_bad_cell(conn: Connection) -> BadCell | None:
         problem = job_plan_problem(jobs)
         if problem is not None:
             return BadCell("runs", run_id, "jobs", *problem)
-    return None
+    return _dangling_reference(conn) or _repeated_metric(conn)
 
 
 def _add_trust_checkpoints(conn: Connection) -> None:
@@ -449,8 +500,15 @@ class Store:
         return True
 
     def _check_cells(self) -> None:
-        """UserError naming the first cell this schema cannot read back (see :func:`find_bad_cell`)."""
+        """UserError naming a table or column this schema needs and the database lacks, or the first
+        cell this schema cannot read back (see :func:`find_bad_cell`)."""
         with self.engine.connect() as conn:
+            missing = missing_structure(conn)
+            if missing is not None:
+                raise UserError(
+                    f"database {self.display_url!r} {missing}, which its schema version "
+                    f"{SCHEMA_VERSION} has (it was edited by hand or by other software; nothing was changed)"
+                )
             bad = find_bad_cell(conn)
         if bad is not None:
             raise UserError(bad.message(self.display_url))
@@ -458,7 +516,12 @@ class Store:
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
             row = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).first()
-        value = row[0] if row else "0"
+        if row is None:
+            raise UserError(
+                f"database {self.display_url!r} has a meta table without a schema_version: not a harness "
+                "database, or its creation was interrupted"
+            )
+        value = row[0]
         if not str(value).isdigit():
             raise UserError(f"database {self.display_url!r}: meta schema_version {value!r} is not a version number")
         return int(value)

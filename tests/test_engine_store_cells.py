@@ -44,8 +44,9 @@ def table_counts(url: str) -> dict[str, int]:
 
 
 # (table, column, the SQL value written into its lowest-id row, what the message says the cell should
-# be, where it can be written: "sqlite" = a value of the wrong storage type, which only SQLite keeps;
-# "any" = a value of the right type that no code knows, caught on every back end)
+# be, where it can be written: "sqlite" = what only SQLite keeps, a value of the wrong storage type or
+# a reference to no row (foreign keys are not enforced); "any" = a value of the right type that no code
+# knows, caught on every back end)
 DOCTORINGS = [
     ("results", "duration_s", "'abc'", "is not a number", "sqlite"),
     ("results", "params", "'{not json'", "is not valid JSON", "sqlite"),
@@ -59,6 +60,9 @@ DOCTORINGS = [
     ("runs", "git_dirty", "7", "is not a boolean", "sqlite"),
     ("metrics", "value", "'abc'", "is not a number", "sqlite"),
     ("samples", "value", "x'00'", "is not a number", "sqlite"),
+    ("results", "run_id", "999", "is not the id of a row of runs", "sqlite"),
+    ("metrics", "result_id", "999", "is not the id of a row of results", "sqlite"),
+    ("samples", "metric_id", "999", "is not the id of a row of metrics", "sqlite"),
     ("results", "params", "'[1, 2]'", "is not a JSON object", "any"),
     ("results", "status", "'weird'", "is not one of ok, failed", "any"),
     ("results", "duration_s", "-5", "is not a duration", "any"),
@@ -117,6 +121,56 @@ def test_a_value_no_code_knows_is_named_on_every_back_end(
     tmp_path: Path, any_db_url: str, case: tuple[str, str, str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     doctor_and_check(tmp_path, any_db_url, case, capsys)
+
+
+def test_a_metric_named_twice_in_one_result_is_named_on_every_back_end(
+    tmp_path: Path, any_db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A report would show either of the two values: the copy is named instead."""
+    suite = stored_run(tmp_path, any_db_url)
+    with create_engine(any_db_url).begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO metrics (result_id, name, value, unit, better) "
+                "SELECT result_id, name, value + 1, unit, better FROM metrics WHERE id = (SELECT min(id) FROM metrics)"
+            )
+        )
+        copy = conn.execute(text("SELECT max(id) FROM metrics")).scalar_one()
+    check_every_command_refuses(
+        tmp_path, any_db_url, suite, f"metrics row {copy}, column name:", "(it has it twice)", capsys
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        ("DROP TABLE samples", "has no table samples"),
+        ("ALTER TABLE results DROP COLUMN notes", "table results has no column notes"),
+    ],
+)
+def test_a_table_or_column_removed_by_hand_is_named(
+    tmp_path: Path, db_url: str, edit: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a misleading cell (SQLite reads a missing quoted column as the string 'notes') nor a
+    database error (exit 1) on the first query that needs it."""
+    suite = stored_run(tmp_path, db_url)
+    with create_engine(db_url).begin() as conn:
+        conn.execute(text(edit))
+    check_every_command_refuses(tmp_path, db_url, suite, said, "which its schema version", capsys)
+
+
+def test_a_meta_table_without_a_schema_version_is_not_version_0(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to read as version 0, with the advice to run `harness db upgrade`, which has no
+    migration from 0."""
+    stored_run(tmp_path, db_url)
+    with create_engine(db_url).begin() as conn:
+        conn.execute(text("DELETE FROM meta"))
+    capsys.readouterr()
+    assert main(["runs", "--db", db_url]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "meta table without a schema_version" in lines[0]
 
 
 def test_what_the_harness_itself_writes_passes_the_check(db_url: str) -> None:

@@ -16,9 +16,12 @@ device) it supports::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import re
+import types
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +32,26 @@ ParamType = type  # one of int, float, str, bool
 Better = Literal["higher", "lower", "none"]
 AXES = ("precision", "batch_size", "device")
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def coerce_scalar(kind: type, value: Any) -> Any:
+    """``value`` as ``kind`` (bool, int, float or str; an int is a float, a bool is neither), or
+    ValueError saying what was expected."""
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true/false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -52,22 +75,7 @@ class Param:
 
     def coerce(self, value: Any) -> Any:
         """Return ``value`` as this parameter's type, or raise ValueError saying why not."""
-        if self.type is bool:
-            if not isinstance(value, bool):
-                raise ValueError(f"expected true/false, got {value!r}")
-            out: Any = value
-        elif self.type is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer, got {value!r}")
-            out = value
-        elif self.type is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"expected a number, got {value!r}")
-            out = float(value)
-        else:
-            if not isinstance(value, str):
-                raise ValueError(f"expected a string, got {value!r}")
-            out = value
+        out = coerce_scalar(self.type, value)
         if self.choices is not None and out not in self.choices:
             allowed = ", ".join(map(str, self.choices))
             raise ValueError(f"{out!r} is not one of: {allowed}")
@@ -277,6 +285,77 @@ def settings_validator(block: str) -> Callable[[SettingsValidator], SettingsVali
         return fn
 
     return register
+
+
+# Scale settings a method package owns (``scales.<scale>.<key>``, read by its trials from ctx.scale),
+# each with its check. A key no package registers reaches the trials unchecked: a user's trial may
+# read its own settings there.
+_SCALE_SETTINGS: dict[str, Callable[[Any], Any]] = {}
+
+
+def scale_setting(key: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Register the check of the scale setting ``key``: ``check(value)`` raises ValueError,
+    TypeError or UserError with one line saying what is wrong (the suite loader adds where and at
+    which scale). The loader calls it before anything runs."""
+
+    def register(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        _SCALE_SETTINGS[key] = fn
+        return fn
+
+    return register
+
+
+def scale_setting_check(key: str) -> Callable[[Any], Any] | None:
+    return _SCALE_SETTINGS.get(key)
+
+
+def settings_fields(cls: type, given: Any, block: str, allowed: Iterable[str] | None = None) -> dict[str, Any]:
+    """The keyword arguments for dataclass ``cls`` from a suite settings mapping ``given`` (named
+    ``block`` in messages): every key a field of ``cls`` (or of ``allowed``), every value of its
+    field's type (bool, int, float, str, a fixed-length tuple of those, None where the type allows
+    it; lists become tuples). ValueError naming ``block.key`` otherwise; ranges are the dataclass's
+    own ``__post_init__``'s to check."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise ValueError(f"{block}: expected a mapping of settings, got {given!r}")
+    hints = typing.get_type_hints(cls)
+    known = tuple(allowed) if allowed is not None else tuple(f.name for f in dataclasses.fields(cls))
+    out = {}
+    for key, value in given.items():
+        if key not in known:
+            raise ValueError(
+                f"{block}: unknown setting {key!r}{did_you_mean(str(key), known)}; known: {', '.join(known)}"
+            )
+        try:
+            out[key] = _coerce_typed(hints[key], value)
+        except ValueError as exc:
+            raise ValueError(f"{block}.{key}: {exc}") from None
+    return out
+
+
+def _coerce_typed(kind: Any, value: Any) -> Any:
+    options = (
+        typing.get_args(kind)
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+        else (kind,)
+    )
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError("expected a value, got null")
+    errors = []
+    for option in (o for o in options if o is not type(None)):
+        try:
+            if typing.get_origin(option) is tuple:
+                items = typing.get_args(option)
+                if not isinstance(value, (list, tuple)) or len(value) != len(items):
+                    raise ValueError(f"expected a list of {len(items)}, got {value!r}")
+                return tuple(coerce_scalar(item, v) for item, v in zip(items, value, strict=True))
+            return coerce_scalar(option, value)
+        except ValueError as exc:
+            errors.append(str(exc))
+    raise ValueError(errors[0])
 
 
 def validate_settings(block: str, settings: dict[str, Any], resolved: dict[str, dict[str, Any]] | None = None) -> None:

@@ -21,7 +21,15 @@ import yaml
 
 from harness.devices import parse_device
 from harness.errors import UserError
-from harness.registry import AXES, PRECISIONS, TrialSpec, did_you_mean, get_trial, validate_settings
+from harness.registry import (
+    AXES,
+    PRECISIONS,
+    TrialSpec,
+    did_you_mean,
+    get_trial,
+    scale_setting_check,
+    validate_settings,
+)
 from harness.reports.layout import ReportLayout, parse_layout
 from harness.results import IdentityFields, UnitIdentity, suite_name_of
 from harness.timing import TimingConfig
@@ -567,7 +575,16 @@ def _settings_path(chk: _Checker, scale: str, name: str, block: dict[str, Any]) 
 
 
 def _check_settings(chk: _Checker, settings: ScaleSettings) -> None:
-    """The method packages' checks of the dataset and baselines blocks (registered hooks)."""
+    """The method packages' checks of the dataset and baselines blocks and of the scale settings
+    they own (registered hooks)."""
+    for key, value in settings.block.items():
+        check = scale_setting_check(key)
+        if check is None:
+            continue
+        try:
+            check(value)
+        except (UserError, ValueError, TypeError) as exc:
+            raise chk.fail(("scales", settings.scale, key), f"{exc} (at scale {settings.scale})") from None
     resolved = {"dataset": settings.dataset, "baselines": settings.baselines, "scale": settings.block}
     for block, value, keypath in (
         ("dataset", settings.dataset, settings.dataset_path),

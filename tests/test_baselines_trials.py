@@ -250,7 +250,7 @@ def test_unknown_model_name_is_rejected() -> None:
     [
         ("scales.smoke.baseline.by_kind={hr: {init: imagenet}}", "init must be"),
         ("scales.smoke.baseline.by_kind={lr: {init: lr}}", "HR baseline only"),
-        ("scales.smoke.baseline.itres=3", "unknown baseline training settings"),
+        ("scales.smoke.baseline.itres=3", "baseline: unknown setting 'itres' (did you mean iters?)"),
     ],
 )
 def test_bad_baseline_training_settings_stop_the_suite_at_load(tmp_path: Path, capsys, setting: str, says: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.registry import _SETTINGS_VALIDATORS, settings_validator
+from harness.registry import _SCALE_SETTINGS, _SETTINGS_VALIDATORS, scale_setting, settings_validator
 from harness.store import Store
 from harness.suite import load_suite
 
@@ -204,3 +204,70 @@ def test_a_hook_taking_two_arguments_sees_every_block_at_the_scale(tmp_path: Pat
     block, resolved = by_scale[None]
     assert block == {"lr": {"model": "embedded:small"}} == resolved["baselines"]
     assert resolved["dataset"] == {"name": "embedded", "num_train": 9}
+
+
+@pytest.fixture
+def scale_check():
+    """A throw-away check of the scale setting `iters` (the test suite's own key)."""
+    seen: list[object] = []
+
+    def check(value: object) -> None:
+        seen.append(value)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"iters must be a positive integer, got {value!r}")
+
+    scale_setting("iters")(check)
+    yield seen
+    _SCALE_SETTINGS.pop("iters", None)
+
+
+def test_a_registered_scale_setting_is_checked_at_every_scale_and_named_where_it_is(
+    tmp_path: Path, scale_check: list[object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path)
+    assert main(["validate", str(path)]) == 0
+    assert sorted(scale_check) == [1, 2]  # smoke and default
+    assert main(["validate", str(path), "--set", "scales.default.iters=0"]) == 2
+    err = capsys.readouterr().err
+    assert "--set scales.default.iters=0: scales.default.iters: iters must be a positive integer, got 0" in err
+    assert "(at scale default)" in err and err.count("\n") == 1
+    bad = write(tmp_path, SUITE.replace("default: {iters: 2}", "default: {iters: two}"))
+    assert main(["validate", str(bad)]) == 2
+    assert f"{bad}:7: scales.default.iters: " in capsys.readouterr().err
+
+
+def test_a_scale_setting_no_package_registers_reaches_the_trials_unchecked(tmp_path: Path) -> None:
+    """A user's own trial may read its own settings from ctx.scale."""
+    path = write(tmp_path)
+    assert main(["validate", str(path), "--set", "scales.default.my_epochs=abc"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("suite", "setting", "says"),
+    [
+        ("table5", "scales.smoke.sparserefine.epoch=3", "sparserefine: unknown setting 'epoch' (did you mean epochs?)"),
+        ("table5", "scales.smoke.sparserefine.epochs=abc", "sparserefine.epochs: expected an integer, got 'abc'"),
+        ("table5", "scales.smoke.sparserefine.crop=[1]", "sparserefine.crop: expected a list of 2, got [1]"),
+        ("table5", "scales.smoke.sparserefine.batch=0", "sparserefine batch must be >= 1, got 0"),
+        ("table5", "scales.smoke.sparserefine.backend=nope", "sparserefine backend must be one of dense"),
+        ("table5", "scales.smoke.sparserefine.learnable_selector.step=3", "learnable_selector: unknown setting 'step'"),
+        ("table5", "scales.smoke.baseline.iters=x", "baseline.iters: expected an integer, got 'x'"),
+        ("table5", "scales.smoke.workers=-1", "'workers' must be an integer >= 0, got -1"),
+        ("qgn_table1", "scales.smoke.train.iter=3", "train: unknown setting 'iter'"),
+        ("qgn_table1", "scales.smoke.train.lr=0", "train lr must be > 0"),
+        ("hfgd_table1_4", "scales.smoke.hfgd_train.crop=[0, 8]", "hfgd_train iters, batch_size and crop must be >= 1"),
+        ("hfgd_table1_4", "scales.smoke.hfgd_model.num_classes=3", "hfgd_model: unknown setting 'num_classes'"),
+        ("hfgd_table5", "scales.smoke.latency_size=big", "expected an integer, got 'big'"),
+        ("ess_table1", "scales.smoke.memory_budget_gb=0", "memory_budget_gb must be > 0, got 0"),
+    ],
+)
+def test_the_method_packages_check_their_scale_settings_at_load(
+    suite: str, setting: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a typo in these blocks was silently ignored and a bad value failed every unit later."""
+    import methods
+
+    methods.discover()
+    assert main(["validate", f"suites/{suite}.yaml", "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert f"--set {setting}: " in err and says in err and err.count("\n") == 1, err

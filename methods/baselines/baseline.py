@@ -220,7 +220,10 @@ def baseline_config(
 
 def train_settings(kind: str, scale: dict[str, Any]) -> TrainConfig:
     """The training settings of ``kind``: the scale's ``baseline`` block, then its ``by_kind.<kind>``."""
-    given = dict(scale.get(SCALE_KEY) or {})
+    given = scale.get(SCALE_KEY) or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"{SCALE_KEY}: expected a mapping of training settings, got {given!r}")
+    given = dict(given)
     by_kind = given.pop(BY_KIND, None) or {}
     if not isinstance(by_kind, dict) or set(by_kind) - set(KINDS):
         raise ValueError(f"baseline.{BY_KIND} must map kinds ({', '.join(KINDS)}) to settings, got {by_kind!r}")

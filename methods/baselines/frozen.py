@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import UserError
-from harness.registry import settings_validator
+from harness.registry import scale_setting, settings_validator
 from methods.artifacts import file_sha256
 from methods.baselines.baseline import KINDS, GridOutputs, grid_factor, model_input, to_full_resolution
 from methods.baselines.models import ARCH_NAMES
@@ -126,6 +126,15 @@ def dataset_class_count(spec: dict[str, Any]) -> int | None:
         return build_dataset(spec, "val").num_classes
     except (UserError, ValueError, TypeError):
         return None
+
+
+@scale_setting("baseline")
+def validate_baseline_training(value: Any) -> None:
+    """Suite-load check of the scale's training settings of the embedded baselines (each kind's)."""
+    from methods.baselines.baseline import KINDS, SCALE_KEY, train_settings
+
+    for kind in KINDS:
+        train_settings(kind, {SCALE_KEY: value})
 
 
 @settings_validator("baselines")

@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.registry import settings_fields
 from methods.datasets.loading import pad_to
 
 IGNORE_INDEX = 255
@@ -67,12 +68,7 @@ class TrainConfig:
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any] | None) -> TrainConfig:
-        overrides = dict(overrides or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown baseline training settings {unknown}; known: {sorted(known)}")
-        return cls(**overrides)
+        return cls(**settings_fields(cls, overrides, "baseline"))
 
     def as_dict(self) -> dict[str, Any]:
         """The settings (a cache key): ``scale_range`` and ``init`` only when set, so older keys stay valid."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import Unavailable, UserError
-from harness.registry import settings_validator
+from harness.registry import scale_setting, settings_validator
 from methods.datasets.base import (
     IGNORE_INDEX,
     MMSEG_MEAN,
@@ -100,6 +100,13 @@ def _check_spec(spec: dict[str, Any]) -> str:
 
 # Checked at suite load (after --set overrides), so a bad key or value fails before anything runs.
 settings_validator("dataset")(_check_spec)
+
+
+@scale_setting("workers")
+def _check_workers(value: Any) -> None:
+    from methods.datasets.loading import WORKERS_KEY, worker_count
+
+    worker_count({WORKERS_KEY: value})
 
 
 def build_dataset(spec: dict[str, Any], split: str) -> SegDataset:

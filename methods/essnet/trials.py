@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from harness.context import TrialContext
-from harness.registry import Metric, Param, trial
+from harness.registry import Metric, Param, coerce_scalar, scale_setting, trial
 
 HEADS = ("linear", "embedding")
 SHAPE_PARAMS = [
@@ -55,13 +55,22 @@ def _head_run(ctx: TrialContext, head_name: str, num_classes: int, feature_chann
 
 
 def _check_budget(ctx: TrialContext, run: HeadRun) -> None:
-    budget = float(ctx.scale.get("memory_budget_gb", 4.0)) * 1e9
+    budget = float(ctx.scale.get(MEMORY_BUDGET_KEY, 4.0)) * 1e9
     if run.predicted_bytes > budget:
         # Refuse before allocating: on a shared CPU host an over-commit ends in the kernel's OOM killer.
         raise MemoryError(
             f"out of memory: the head needs about {run.predicted_bytes / 1e9:.1f} GB of tensors, "
             f"over this scale's memory_budget_gb = {budget / 1e9:.1f}"
         )
+
+
+MEMORY_BUDGET_KEY = "memory_budget_gb"
+
+
+@scale_setting(MEMORY_BUDGET_KEY)
+def _check_memory_budget(value: Any) -> None:
+    if not coerce_scalar(float, value) > 0:
+        raise ValueError(f"{MEMORY_BUDGET_KEY} must be > 0, got {value}")
 
 
 @trial(

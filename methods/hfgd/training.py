@@ -16,10 +16,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.registry import settings_fields
 from methods.hfgd.model import HFGD, HFGDConfig
 from methods.metrics import class_map
 
 Progress = Callable[[str], None]
+SCALE_KEY = "hfgd_train"
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,16 @@ class TrainSettings:
     poly_power: float = 0.9
     bf16: bool = True
 
+    def __post_init__(self) -> None:
+        if min(self.iters, self.batch_size, *self.crop) < 1:
+            raise ValueError(f"{SCALE_KEY} iters, batch_size and crop must be >= 1")
+        if not self.lr > 0 or self.weight_decay < 0 or self.poly_power < 0:
+            raise ValueError(f"{SCALE_KEY} lr must be > 0 and weight_decay, poly_power >= 0")
+
     @classmethod
     def from_scale(cls, scale: dict[str, Any]) -> TrainSettings:
-        """Settings from the suite scale's ``hfgd_train`` mapping (unknown keys are an error)."""
-        given = dict(scale.get("hfgd_train", {}))
-        if "crop" in given:
-            given["crop"] = tuple(given["crop"])
-        unknown = set(given) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown hfgd_train settings {sorted(unknown)}")
-        return cls(**given)
+        """Settings from the suite scale's ``hfgd_train`` mapping (unknown keys, wrong types: errors)."""
+        return cls(**settings_fields(cls, scale.get(SCALE_KEY), SCALE_KEY))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

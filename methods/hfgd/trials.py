@@ -8,7 +8,7 @@ import torch
 
 from harness.context import TrialContext
 from harness.errors import Unsupported
-from harness.registry import Metric, Param, trial
+from harness.registry import Metric, Param, coerce_scalar, scale_setting, settings_fields, trial
 
 ENCODER_CHOICES = ("identity", "aspp", "self_attention", "cae")
 UPSAMPLER_CHOICES = ("none", "sfpn", "usfpn")
@@ -53,6 +53,34 @@ def _config(params: dict[str, Any], num_classes: int, model_settings: dict[str, 
 
 def _latency(ctx: TrialContext, model: torch.nn.Module, height: int, width: int) -> None:
     ctx.time_model("latency", model, torch.randn(ctx.batch_size, 3, height, width))
+
+
+MODEL_SCALE_KEY = "hfgd_model"  # the model-size settings a scale may set (the rest are trial parameters)
+MODEL_SCALE_SETTINGS = ("backbone", "decoder_channels", "encoder_hidden")
+LATENCY_SIZE_KEY = "latency_size"
+
+
+@scale_setting("hfgd_train")
+def _check_train_settings(value: Any) -> None:
+    from methods.hfgd.training import SCALE_KEY, TrainSettings
+
+    TrainSettings.from_scale({SCALE_KEY: value})
+
+
+@scale_setting(MODEL_SCALE_KEY)
+def _check_model_settings(value: Any) -> None:
+    from methods.hfgd.model import HFGDConfig
+
+    settings = settings_fields(HFGDConfig, value, MODEL_SCALE_KEY, allowed=MODEL_SCALE_SETTINGS)
+    for key in ("decoder_channels", "encoder_hidden"):
+        if settings.get(key, 1) < 1:
+            raise ValueError(f"{MODEL_SCALE_KEY}.{key} must be >= 1, got {settings[key]}")
+
+
+@scale_setting(LATENCY_SIZE_KEY)
+def _check_latency_size(value: Any) -> None:
+    if coerce_scalar(int, value) < 1:
+        raise ValueError(f"{LATENCY_SIZE_KEY} must be >= 1, got {value}")
 
 
 @trial(
@@ -100,7 +128,7 @@ def cost_trial(ctx: TrialContext) -> None:
         if p["decoder_channels"] == 256 and p["encoder_hidden"] == 512:
             ctx.record("paper_gflops", paper)
             ctx.record("gmacs_vs_paper", 100.0 * (total / 1e9 - paper) / paper)
-    side = int(ctx.scale.get("latency_size", p["size"]))
+    side = int(ctx.scale.get(LATENCY_SIZE_KEY, p["size"]))
     ctx.progress(f"latency at {side}x{side}")
     ctx.note("latency_size", side)
     _latency(ctx, model, side, side)
@@ -134,7 +162,7 @@ def train_trial(ctx: TrialContext) -> None:
 
     train_set = build_dataset(ctx.dataset, "train")
     val_set = build_dataset(ctx.dataset, "val")
-    model_settings = dict(ctx.scale.get("hfgd_model", {}))
+    model_settings = dict(ctx.scale.get(MODEL_SCALE_KEY, {}))
     config = _config(ctx.params, train_set.num_classes, model_settings)
     settings = TrainSettings.from_scale(ctx.scale)
     ctx.progress("loading data")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.registry import settings_fields
 from methods.qgn.model import QGN, QuadtreeOutput
 from methods.qgn.schemes import LevelWeights
 from methods.qgn.tpyramid import IGNORE_INDEX, build_t_pyramid, pad_to_multiple
@@ -27,6 +28,7 @@ Progress = Callable[[str], None]
 # Training and evaluation use one intra-op thread: on the shared 2-core machine the many small ops of
 # a QGN step ran 10-25x slower with 2 OpenMP threads than with 1 whenever other processes were busy.
 TRAIN_THREADS = 1
+SCALE_KEY = "train"  # the suite scale's QGN training settings
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,16 @@ class TrainSettings:
     bf16: bool = True
     flip: bool = True
 
+    def __post_init__(self) -> None:
+        if self.iters < 1 or self.batch_size < 1:
+            raise ValueError(f"{SCALE_KEY} iters and batch_size must be >= 1, got {self.iters}, {self.batch_size}")
+        if not self.lr > 0 or self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError(f"{SCALE_KEY} lr must be > 0 and momentum, weight_decay >= 0")
+
     @classmethod
     def from_scale(cls, scale: dict[str, Any]) -> TrainSettings:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in scale.get("train", {}).items() if k in known})
+        """The scale's ``train`` block (unknown keys, values of the wrong type or range: errors)."""
+        return cls(**settings_fields(cls, scale.get(SCALE_KEY), SCALE_KEY))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

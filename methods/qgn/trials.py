@@ -6,7 +6,7 @@ from typing import Any
 
 from harness.context import TrialContext
 from harness.errors import Unsupported
-from harness.registry import Metric, Param, trial
+from harness.registry import Metric, Param, scale_setting, trial
 
 SCHEME_CHOICES = ("all", "gtc", "pc")
 GAMMA_CHOICES = ("0.75", "1", "1.25", "adaptive")
@@ -17,6 +17,13 @@ MODEL_VERSION = "1"
 
 
 # --- Table 5: quadtree sparsity ---------------------------------------------------------------
+
+
+@scale_setting("train")
+def _check_train_settings(value: Any) -> None:
+    from methods.qgn.train import SCALE_KEY, TrainSettings
+
+    TrainSettings.from_scale({SCALE_KEY: value})
 
 
 @trial(

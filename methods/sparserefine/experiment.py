@@ -26,9 +26,13 @@ from methods.sparserefine.selection import (
     build_selector,
     learnable_selector,
 )
-from methods.sparserefine.training import SCALE_KEY, Features, RefinerTraining, trained_refiner
-
-LEARNABLE_SCALE_KEY = "learnable_selector"  # optional LearnableTraining overrides under scale["sparserefine"]
+from methods.sparserefine.training import (
+    LEARNABLE_SCALE_KEY,
+    SCALE_KEY,
+    Features,
+    RefinerTraining,
+    trained_refiner,
+)
 
 
 @dataclass(frozen=True)
@@ -131,21 +135,15 @@ class Experiment:
         return hr_evaluation(self.hr_model, s.dataset, s.artifacts_dir, s.progress, self.workers)
 
     @cached_property
-    def own_scale(self) -> dict[str, Any]:
-        return dict(self.scope.scale.get(SCALE_KEY, {}) or {})
-
-    @cached_property
     def training(self) -> RefinerTraining:
         return RefinerTraining.from_scale(self.scope.scale)
 
     def learnable(self) -> LearnableSelector:
         if "learnable" not in self._cache:
-            given = dict(self.own_scale.get(LEARNABLE_SCALE_KEY, {}) or {})
-            if "crop" in given:
-                given["crop"] = tuple(given["crop"])
+            settings = learnable_training(self.scope.scale)
             s = self.scope
             self._cache["learnable"] = learnable_selector(
-                self.train, self.baseline_config, LearnableTraining(**given), s.seed, s.artifacts_dir, s.progress
+                self.train, self.baseline_config, settings, s.seed, s.artifacts_dir, s.progress
             )
         return self._cache["learnable"]
 
@@ -199,3 +197,17 @@ def selection_spec(params: dict[str, Any]) -> SelectionSpec:
         threshold=params["threshold"],
         recall=params.get("recall", 0.0),
     )
+
+
+def learnable_training(scale: dict[str, Any]) -> LearnableTraining:
+    """The learnable selector's training settings: the scale's ``sparserefine.learnable_selector``."""
+    own = scale.get(SCALE_KEY) or {}
+    given = own.get(LEARNABLE_SCALE_KEY) if isinstance(own, dict) else None
+    return LearnableTraining.from_settings(given, f"{SCALE_KEY}.{LEARNABLE_SCALE_KEY}")
+
+
+def check_scale_settings(block: Any) -> None:
+    """The suite-load check of the scale's ``sparserefine`` block (refiner and learnable selector)."""
+    scale = {SCALE_KEY: block}
+    RefinerTraining.from_scale(scale)
+    learnable_training(scale)

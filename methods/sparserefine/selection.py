@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.devices import Placement
+from harness.registry import settings_fields
 from methods.artifacts import cached_artifact
 from methods.datasets.loading import crop_size, pad_label, pad_to
 from methods.memory_cache import BoundedLRU
@@ -73,6 +74,23 @@ class LearnableTraining:
     batch: int = 2
     crop: tuple[int, int] = (256, 512)
     lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name, value in {
+            "steps": self.steps,
+            "batch": self.batch,
+            "crop height": self.crop[0],
+            "crop width": self.crop[1],
+        }.items():
+            if value < 1:
+                raise ValueError(f"learnable selector {name} must be >= 1, got {value}")
+        if not self.lr > 0:
+            raise ValueError(f"learnable selector lr must be > 0, got {self.lr}")
+
+    @classmethod
+    def from_settings(cls, given: Any, block: str) -> LearnableTraining:
+        """From a suite's settings mapping named ``block`` (unknown keys, wrong types: errors)."""
+        return cls(**settings_fields(cls, given, block))
 
 
 def train_learnable_selector(

@@ -23,8 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.registry import settings_fields
 from methods.artifacts import cached_artifact
 from methods.datasets.loading import crop_size, pad_to
+from methods.sparse.backends import BACKEND_NAMES
 from methods.sparserefine.lr_outputs import SplitOutputs, upsample_nearest
 from methods.sparserefine.refiner import RefinerConfig, SparseRefiner, gather_pixels
 from methods.sparserefine.selection import ResolvedSelector
@@ -32,6 +34,7 @@ from methods.sparserefine.selectors import SelectionCounts, class_softmax, predi
 
 Progress = Callable[[str], None]
 SCALE_KEY = "sparserefine"  # the suite's scale settings for this package live under this key
+LEARNABLE_SCALE_KEY = "learnable_selector"  # LearnableTraining settings, inside the SCALE_KEY block
 ARTIFACT_VERSION = "2"
 
 
@@ -56,13 +59,27 @@ class RefinerTraining:
     # the backend the trial asks for.
     backend: str = "dense"
 
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch": self.batch, "crop height": self.crop[0], "crop width": self.crop[1]}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{SCALE_KEY} {name} must be >= 1, got {value}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.class_balance < 0:
+            raise ValueError(
+                f"{SCALE_KEY} lr must be > 0 and weight_decay, class_balance >= 0, got lr={self.lr}, "
+                f"weight_decay={self.weight_decay}, class_balance={self.class_balance}"
+            )
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"{SCALE_KEY} backend must be one of {', '.join(BACKEND_NAMES)}, got {self.backend!r}")
+
     @classmethod
     def from_scale(cls, scale: dict[str, Any]) -> RefinerTraining:
-        given = dict(scale.get(SCALE_KEY, {}) or {})
-        given = {k: v for k, v in given.items() if k in cls.__dataclass_fields__}
-        if "crop" in given:
-            given["crop"] = tuple(given["crop"])
-        return cls(**given)
+        """The scale's ``sparserefine`` block (but its ``learnable_selector`` block): unknown keys and
+        values of the wrong type or range are errors."""
+        given = scale.get(SCALE_KEY)
+        if isinstance(given, dict):
+            given = {k: v for k, v in given.items() if k != LEARNABLE_SCALE_KEY}
+        return cls(**settings_fields(cls, given, SCALE_KEY))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from harness.context import TrialContext
 from harness.devices import Placement
-from harness.registry import Metric, Param, trial
+from harness.registry import Metric, Param, scale_setting, trial
 from methods.mmseg_models.models import MMSEG_MODEL_NAMES
 from methods.sparserefine.selection import SELECTOR_KINDS
 
@@ -95,6 +95,13 @@ def _selection_stats(exp, selector, split: str):
     for i in data.stream(range(len(data))):
         counts.update(selector.mask(data, i), data.errors(i))
     return counts
+
+
+@scale_setting("sparserefine")
+def _check_scale_settings(value: Any) -> None:
+    from methods.sparserefine.experiment import check_scale_settings
+
+    check_scale_settings(value)
 
 
 @trial(

@@ -299,6 +299,9 @@ def scale_setting(key: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], 
     which scale). The loader calls it before anything runs."""
 
     def register(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        owner = _SCALE_SETTINGS.get(key)
+        if owner is not None and (owner.__module__, owner.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"scale setting {key!r} is already checked by {owner.__module__}.{owner.__qualname__}")
         _SCALE_SETTINGS[key] = fn
         return fn
 

@@ -236,6 +236,11 @@ def test_a_registered_scale_setting_is_checked_at_every_scale_and_named_where_it
     assert f"{bad}:7: scales.default.iters: " in capsys.readouterr().err
 
 
+def test_two_packages_cannot_both_own_a_scale_setting(scale_check: list[object]) -> None:
+    with pytest.raises(ValueError, match="'iters' is already checked by"):
+        scale_setting("iters")(lambda value: None)
+
+
 def test_a_scale_setting_no_package_registers_reaches_the_trials_unchecked(tmp_path: Path) -> None:
     """A user's own trial may read its own settings from ctx.scale."""
     path = write(tmp_path)

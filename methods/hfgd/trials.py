@@ -9,6 +9,9 @@ import torch
 from harness.context import TrialContext
 from harness.errors import Unsupported
 from harness.registry import Metric, Param, coerce_scalar, scale_setting, settings_fields, trial
+from methods.hfgd.model import HFGDConfig
+from methods.hfgd.training import SCALE_KEY as TRAIN_SCALE_KEY
+from methods.hfgd.training import TrainSettings
 
 ENCODER_CHOICES = ("identity", "aspp", "self_attention", "cae")
 UPSAMPLER_CHOICES = ("none", "sfpn", "usfpn")
@@ -32,8 +35,6 @@ ARCH_PARAMS = [
 
 
 def _config(params: dict[str, Any], num_classes: int, model_settings: dict[str, Any]) -> Any:
-    from methods.hfgd.model import HFGDConfig
-
     config = HFGDConfig(
         num_classes=num_classes,
         encoder=params["encoder"],
@@ -60,17 +61,13 @@ MODEL_SCALE_SETTINGS = ("backbone", "decoder_channels", "encoder_hidden")
 LATENCY_SIZE_KEY = "latency_size"
 
 
-@scale_setting("hfgd_train")
+@scale_setting(TRAIN_SCALE_KEY)
 def _check_train_settings(value: Any) -> None:
-    from methods.hfgd.training import SCALE_KEY, TrainSettings
-
-    TrainSettings.from_scale({SCALE_KEY: value})
+    TrainSettings.from_scale({TRAIN_SCALE_KEY: value})
 
 
 @scale_setting(MODEL_SCALE_KEY)
 def _check_model_settings(value: Any) -> None:
-    from methods.hfgd.model import HFGDConfig
-
     settings = settings_fields(HFGDConfig, value, MODEL_SCALE_KEY, allowed=MODEL_SCALE_SETTINGS)
     for key in ("decoder_channels", "encoder_hidden"):
         if settings.get(key, 1) < 1:
@@ -158,7 +155,7 @@ def train_trial(ctx: TrialContext) -> None:
     from methods.datasets import build_dataset
     from methods.hfgd.cost import count_macs
     from methods.hfgd.model import HFGD
-    from methods.hfgd.training import TrainSettings, evaluate, preload, train_hfgd
+    from methods.hfgd.training import evaluate, preload, train_hfgd
 
     train_set = build_dataset(ctx.dataset, "train")
     val_set = build_dataset(ctx.dataset, "val")

@@ -7,6 +7,8 @@ from typing import Any
 from harness.context import TrialContext
 from harness.errors import Unsupported
 from harness.registry import Metric, Param, scale_setting, trial
+from methods.qgn.train import SCALE_KEY as TRAIN_SCALE_KEY
+from methods.qgn.train import TrainSettings
 
 SCHEME_CHOICES = ("all", "gtc", "pc")
 GAMMA_CHOICES = ("0.75", "1", "1.25", "adaptive")
@@ -19,11 +21,9 @@ MODEL_VERSION = "1"
 # --- Table 5: quadtree sparsity ---------------------------------------------------------------
 
 
-@scale_setting("train")
+@scale_setting(TRAIN_SCALE_KEY)
 def _check_train_settings(value: Any) -> None:
-    from methods.qgn.train import SCALE_KEY, TrainSettings
-
-    TrainSettings.from_scale({SCALE_KEY: value})
+    TrainSettings.from_scale({TRAIN_SCALE_KEY: value})
 
 
 @trial(
@@ -86,9 +86,7 @@ def sparsity_trial(ctx: TrialContext) -> None:
 # --- shared: a trained QGN from the artifact cache --------------------------------------------
 
 
-def _train_settings(ctx: TrialContext):
-    from methods.qgn.train import TrainSettings
-
+def _train_settings(ctx: TrialContext) -> TrainSettings:
     return TrainSettings.from_scale(ctx.scale)
 
 

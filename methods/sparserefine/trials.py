@@ -13,6 +13,7 @@ from harness.devices import Placement
 from harness.registry import Metric, Param, scale_setting, trial
 from methods.mmseg_models.models import MMSEG_MODEL_NAMES
 from methods.sparserefine.selection import SELECTOR_KINDS
+from methods.sparserefine.training import SCALE_KEY
 
 SELECTOR_CHOICES = tuple(SELECTOR_KINDS)
 ENSEMBLER_CHOICES = ("direct", "entropy", "gated", "oracle")
@@ -97,7 +98,7 @@ def _selection_stats(exp, selector, split: str):
     return counts
 
 
-@scale_setting("sparserefine")
+@scale_setting(SCALE_KEY)
 def _check_scale_settings(value: Any) -> None:
     from methods.sparserefine.experiment import check_scale_settings
 

@@ -370,3 +370,50 @@ def test_packed_masks_give_back_the_mask_and_stay_within_their_budget():
     assert all(torch.equal(get(i), masks[i]) for i in (0, 1, 0, 1))
     assert calls == [0, 1]  # computed once each, then unpacked bit-exact
     assert torch.equal(get(2), masks[2]) and torch.equal(get(0), masks[0]) and calls == [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("arch", ["minkunet6", "pointnet"])
+@pytest.mark.parametrize("ensembler", ["gated", "entropy", "direct", "oracle"])
+def test_a_refiner_cast_to_a_low_precision_runs_and_agrees_with_fp32(precision, arch, ensembler):
+    """The timed path of a bf16/fp16 unit casts the model (no autocast): the per-site layers (PointNet,
+    head, ensembler) must take their inputs in the weights' dtype, as they take fp32 under autocast.
+    Every 5b unit at bf16 was a dtype error in the head before."""
+    from methods.sparserefine.refiner import RefinerConfig, SparseRefiner, gather_pixels
+
+    torch.manual_seed(0)
+    config = RefinerConfig(
+        num_classes=5, arch=arch, width_mult=0.125, reps=1, inputs="rgb+logits", ensembler=ensembler, backend="dense"
+    )
+    model = SparseRefiner(config).eval()
+    image, logits = torch.randn(1, 3, 24, 40), torch.randn(1, 5, 24, 40)
+    mask, labels = torch.rand(1, 24, 40) < 0.3, torch.randint(0, 5, (1, 24, 40))
+    use_labels = ensembler == "oracle"
+
+    def run(where: Placement, net: torch.nn.Module) -> torch.Tensor:
+        pixels = gather_pixels(mask, where.tensor(image), where.tensor(logits), config, None, labels)
+        with torch.inference_mode():
+            return net(pixels, use_labels=use_labels)[0].float()
+
+    reference = run(Placement.of("cpu", "fp32"), model)
+    copy = SparseRefiner(config).eval()
+    copy.load_state_dict(model.state_dict())
+    where = Placement.of("cpu", precision)
+    low = run(where, where.model(copy, channels_last=False))
+    assert low.shape == reference.shape
+    assert (low - reference).abs().max() <= 0.05 * reference.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_the_learnable_selector_cast_to_a_low_precision_scores_like_fp32(precision):
+    torch.manual_seed(0)
+    model = LearnableSelector(num_classes=5).eval()
+    image, logits = torch.randn(1, 3, 16, 24), torch.randn(1, 5, 16, 24)
+    with torch.inference_mode():
+        reference = model(image, logits)
+        copy = LearnableSelector(num_classes=5).eval()
+        copy.load_state_dict(model.state_dict())
+        where = Placement.of("cpu", precision)
+        cast = where.model(copy, channels_last=True)
+        scores = cast(where.tensor(image), where.tensor(logits)).float()
+    assert (scores - reference).abs().max() <= 0.02

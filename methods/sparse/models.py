@@ -15,6 +15,7 @@ from methods.sparse.nn import (
     cat_feats,
     fold_conv_bn,
     per_site_fp32,
+    weight_dtype,
 )
 from methods.sparse.tensor import SparseTensor
 
@@ -166,7 +167,7 @@ class PointNet(nn.Module):
             return self._forward(x)
 
     def _forward(self, x: SparseTensor) -> SparseTensor:
-        feats = x.feats.float()
+        feats = x.feats.to(weight_dtype(self.encoder))
         local = None
         for layer in self.encoder:
             feats = layer(feats)

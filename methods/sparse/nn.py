@@ -17,8 +17,14 @@ def per_site_fp32(like: torch.Tensor) -> torch.autocast:
     """Autocast off, for small per-site matmuls ([N, few] x [few, few]: 1x1 convs in training,
     PointNet, SparseRefine's head and ensembler). Under bf16 autocast oneDNN compiles a new kernel
     for every new number of sites, i.e. on every training step and every image; in fp32 these
-    products are cheap and use no per-shape kernel."""
+    products are cheap and use no per-shape kernel. Inside, inputs go to the layers' own dtype
+    (``weight_dtype``): fp32 under autocast, the precision a timed model was cast to otherwise."""
     return torch.autocast(like.device.type, enabled=False)
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first parameter (its layers' inputs must match it)."""
+    return next(module.parameters()).dtype
 
 
 class SparseConv2d(nn.Module):

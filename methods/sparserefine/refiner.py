@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from methods.sparse.nn import per_site_fp32
+from methods.sparse.nn import per_site_fp32, weight_dtype
 from methods.sparserefine.ensemblers import build_ensembler
 from methods.sparserefine.selectors import class_softmax
 
@@ -145,7 +145,7 @@ class SparseRefiner(nn.Module):
         """Refined logits y2 [N, C]."""
         feats = self.extract(pixels)
         with per_site_fp32(feats):
-            return self.head(feats.float())
+            return self.head(feats.to(weight_dtype(self.head)))
 
     def forward(self, pixels: PixelBatch, use_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(ensembled logits y, refined logits y2). ``use_labels`` feeds the ground truth to the

@@ -89,7 +89,8 @@ class LearnableSelector(nn.Module):
         even under autocast: bf16 scores would tie at the threshold and coarsen its calibration."""
         rgb = self.conv(image)
         with torch.autocast(image.device.type, enabled=False):
-            feats = torch.cat([rgb.float(), logits.float()], dim=1)
+            dtype = self.mlp[0].weight.dtype  # fp32 under autocast; a timed bf16/fp16 model's own dtype
+            feats = torch.cat([rgb.to(dtype), logits.to(dtype)], dim=1)
             return self.mlp(feats)[:, 0]
 
     def forward(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

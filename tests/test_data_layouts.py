@@ -279,3 +279,22 @@ def test_a_missing_root_on_the_command_line_is_one_line_exit_2_and_the_database_
     assert err.startswith("harness: error: ") and err.count("\n") == 1, err
     assert f"dataset root {missing} does not exist" in err
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("name", ["voc", "cityscapes", "ade20k", "sunrgbd", "bdd100k", "deepglobe", "isic2018"])
+def test_a_root_that_is_not_the_layout_stops_the_suite_at_load(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The root exists but holds no such dataset: before, every unit failed on it at run time (exit 1)."""
+    from harness.cli import main
+
+    root = tmp_path / "not_a_dataset"
+    (root / "some_dir").mkdir(parents=True)
+    db = tmp_path / "h.db"
+    suite = str(Path(__file__).resolve().parents[1] / "suites" / "table5.yaml")
+    args = ["run", suite, "--scale", "smoke", "--db", f"sqlite:///{db}", "--no-progress"]
+    assert main([*args, "--set", f"dataset.name={name}", "--set", f"dataset.root={root}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"harness: error: --set dataset.name={name}, --set dataset.root={root}: dataset: ")
+    assert err.count("\n") == 1 and str(root) in err, err
+    assert not db.exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_sparserefine_streaming import write_voc
 
 import methods
 from harness.cli import main
@@ -45,8 +46,8 @@ def test_table2_suite_runs_each_entry_on_its_dataset() -> None:
 
 
 def test_a_root_given_to_one_entry_reaches_only_its_units(tmp_path: Path) -> None:
-    root = tmp_path / "VOCdevkit"
-    root.mkdir()  # checked at load: a root that does not exist is the user's error (exit 2)
+    # checked at load: a root that does not exist, or does not hold a VOC layout, is the user's error
+    root = write_voc(tmp_path / "VOCdevkit", [(32, 48)], num_train=1, num_val=1)
     suite = load_suite(SUITES / "table2.yaml", [f"benchmarks.0.dataset.root={root}"])
     with_root = [u for u in suite.units("smoke") if "root" in u.dataset]
     assert {(u.trial.name, u.dataset["name"]) for u in with_root} == {("baseline.evaluate", "voc")}

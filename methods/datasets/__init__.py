@@ -102,6 +102,16 @@ def _check_spec(spec: dict[str, Any]) -> str:
 settings_validator("dataset")(_check_spec)
 
 
+@settings_validator("dataset")
+def _check_layout(spec: dict[str, Any]) -> None:
+    """A real dataset's root must hold its layout: the val split is indexed at suite load (its file
+    lists only), so a root that exists but is not, say, a VOCdevkit fails before anything runs instead
+    of failing every unit. The train split, which some suites never read, is left to the trials."""
+    name = spec.get("name", "embedded")
+    if name in REAL_LAYOUTS and spec.get("root"):
+        build_dataset(spec, "val")
+
+
 @scale_setting("workers")
 def _check_workers(value: Any) -> None:
     from methods.datasets.loading import WORKERS_KEY, worker_count

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from methods.metrics import class_map
+from methods.sparse.nn import weight_dtype
 
 ENTROPY_EPS = 1e-5  # the official code clamps probabilities at 1e-5 before the log
 
@@ -89,7 +90,7 @@ class LearnableSelector(nn.Module):
         even under autocast: bf16 scores would tie at the threshold and coarsen its calibration."""
         rgb = self.conv(image)
         with torch.autocast(image.device.type, enabled=False):
-            dtype = self.mlp[0].weight.dtype  # fp32 under autocast; a timed bf16/fp16 model's own dtype
+            dtype = weight_dtype(self.mlp)  # fp32 under autocast; a timed bf16/fp16 model's own dtype
             feats = torch.cat([rgb.to(dtype), logits.to(dtype)], dim=1)
             return self.mlp(feats)[:, 0]
 

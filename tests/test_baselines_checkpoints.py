@@ -163,6 +163,10 @@ def test_baselines_block_is_validated(tmp_path: Path, hrnet) -> None:
     ours = {"lr": {"model": "mmseg:hrnet_w48", "checkpoint": str(wrapped)}}
     with pytest.raises(UserError, match="classes"):
         validate_baselines(ours, {"dataset": {"name": "embedded"}, "baselines": ours})
+    # a real dataset's class count comes from its name and keys: no root (no file) is needed for it
+    validate_baselines(ours, {"dataset": {"name": "voc"}, "baselines": ours})
+    with pytest.raises(UserError, match="predicts 21 classes, dataset cityscapes has 19"):
+        validate_baselines(ours, {"dataset": {"name": "cityscapes"}, "baselines": ours})
 
 
 def test_refiner_trains_on_the_checkpoint_baselines_frozen_outputs(hrnet, tmp_path: Path) -> None:

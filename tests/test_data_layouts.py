@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from harness.errors import Unavailable, UserError
-from methods.datasets import build_dataset, dataset_identity
+from methods.datasets import build_dataset, dataset_classes, dataset_identity
 from methods.datasets.bdd100k import BDD100K_CLASSES
 from methods.datasets.deepglobe import DEEPGLOBE_CLASSES
 from methods.datasets.isic import ISIC_CLASSES
@@ -200,6 +200,33 @@ def test_sunrgbd_13_classes_follow_the_nyu_mapping(tmp_path: Path) -> None:
     (tmp_path / "sunrgbd_train_test_labels" / "img-005052.png").unlink()
     with pytest.raises(UserError, match="img-005052.png"):
         build_dataset({"name": "sunrgbd", "root": str(tmp_path)}, "train")
+
+
+@pytest.mark.parametrize(
+    ("spec", "count"),
+    [
+        ({"name": "embedded"}, 11),
+        ({"name": "cityscapes"}, 19),
+        ({"name": "ade20k"}, 150),
+        ({"name": "voc"}, 21),
+        ({"name": "bdd100k"}, 19),
+        ({"name": "deepglobe"}, 7),
+        ({"name": "isic2018"}, 2),
+        ({"name": "sunrgbd"}, 37),
+        ({"name": "sunrgbd", "classes": 13}, 13),
+    ],
+)
+def test_a_datasets_classes_come_from_its_spec_alone(spec: dict, count: int) -> None:
+    assert len(dataset_classes(spec)) == count  # no root: no file is read
+
+
+def test_the_classes_from_the_spec_are_the_built_datasets(tmp_path: Path) -> None:
+    write_sunrgbd(tmp_path)
+    for classes in (13, 37):
+        spec = {"name": "sunrgbd", "root": str(tmp_path), "classes": classes}
+        assert dataset_classes(spec) == build_dataset(spec, "val").classes
+    with pytest.raises(UserError, match="classes"):
+        dataset_classes({"name": "sunrgbd", "classes": 40})
 
 
 # --- every real dataset: no root -> unavailable, bad root -> UserError ------------------------------

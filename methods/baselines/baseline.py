@@ -212,8 +212,6 @@ def baseline_config(
         "seed": seed,
     }
     if train.init == "lr":
-        if kind != "hr":
-            raise ValueError("baseline init: lr applies to the HR baseline only (set it under baseline.by_kind.hr)")
         config["init_from"] = baseline_config("lr", dataset_spec, scale, arch, seed)
     return config
 
@@ -230,7 +228,10 @@ def train_settings(kind: str, scale: dict[str, Any]) -> TrainConfig:
     own = by_kind.get(kind) or {}
     if not isinstance(own, dict):
         raise ValueError(f"baseline.{BY_KIND}.{kind} must be a mapping of training settings, got {own!r}")
-    return TrainConfig.from_overrides({**given, **own})
+    settings = TrainConfig.from_overrides({**given, **own})
+    if settings.init == "lr" and kind != "hr":
+        raise ValueError("baseline init: lr applies to the HR baseline only (set it under baseline.by_kind.hr)")
+    return settings
 
 
 def _build_baseline(

@@ -118,12 +118,12 @@ def parse_baselines(raw: Any) -> dict[str, BaselineChoice]:
 
 
 def dataset_class_count(spec: dict[str, Any]) -> int | None:
-    """The number of classes of a dataset spec (None if the spec cannot be built: the dataset's own
-    check reports that)."""
-    from methods.datasets import build_dataset
+    """The number of classes of a dataset spec (None if the spec is invalid: the dataset's own check
+    reports that). Read from the spec alone: the dataset's check indexes the val split once already."""
+    from methods.datasets import dataset_classes
 
     try:
-        return build_dataset(spec, "val").num_classes
+        return len(dataset_classes(spec))
     except (UserError, ValueError, TypeError):
         return None
 
@@ -143,15 +143,7 @@ def validate_baselines(raw: dict[str, Any], resolved: dict[str, dict[str, Any]] 
     (weights-only; a file that needs --trust-checkpoints is left to the trial, which knows the flag)
     and its head's class count equal to that of the dataset resolved at the same scale."""
     dataset = (resolved or {}).get("dataset")
-    scale = (resolved or {}).get("scale")
     for choice in parse_baselines(raw).values():
-        if choice.family == EMBEDDED and scale is not None:
-            from methods.baselines.baseline import SCALE_KEY, baseline_config
-
-            try:  # the scale's training settings of this embedded baseline (e.g. baseline.by_kind.hr)
-                baseline_config(choice.kind, dataset or {}, scale, choice.name, 0)
-            except ValueError as exc:
-                raise UserError(f"scale setting {SCALE_KEY}: {exc}") from None
         if choice.checkpoint is not None and not _URL.match(choice.checkpoint):
             path = Path(choice.checkpoint).expanduser()
             if not path.is_file():

@@ -51,6 +51,7 @@ __all__ = [
     "SegSample",
     "build_dataset",
     "collate",
+    "dataset_classes",
     "dataset_identity",
     "generate_scene",
     "normalize",
@@ -146,6 +147,14 @@ def build_dataset(spec: dict[str, Any], split: str) -> SegDataset:
     size = (height, width) if height is not None else None
     limit = spec.get("num_train" if split == "train" else "num_val")
     return build_real_dataset(name, root, split, size=size, limit=limit, options=spec)
+
+
+def dataset_classes(spec: dict[str, Any]) -> tuple[str, ...]:
+    """The class names a spec's dataset labels with, from its name and own keys alone (no file is read)."""
+    name = _check_spec(spec)
+    if name == "embedded":
+        return EMBEDDED_CLASSES
+    return REAL_LAYOUTS[name].codec(layout_options(name, spec)).classes
 
 
 def dataset_identity(spec: dict[str, Any]) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def test_train_step_trial_reproduces_its_golden_loss_drop(tmp_path: Path, head: 
 
     On one machine two runs agree bit for bit. Across CPUs the kernels sum in another order: the golden
     figures were taken on a Xeon with AMX; another Xeon agreed within 1e-4 (relative), an AMD EPYC
-    (Zen 4, no AMX) gave 44.7254 for the embedding head (-2.0e-3), hence rel=1e-2 for the golden value.
+    (Zen 4, no AMX) gave 44.7254 for the embedding head (-2.0e-3), hence rel=5e-3 for the golden value.
     To regenerate after a change meant to alter them, print the metric and paste it."""
     params = {"head": head, "num_classes": 50, "height": 64, "width": 64, "feature_channels": 16}
     drops = []
@@ -133,4 +133,4 @@ def test_train_step_trial_reproduces_its_golden_loss_drop(tmp_path: Path, head: 
         ctx.spec.fn(ctx)
         drops.append(ctx.metrics["loss_drop"].value)
     assert drops[0] == drops[1]
-    assert drops[0] == pytest.approx(loss_drop, rel=1e-2)
+    assert drops[0] == pytest.approx(loss_drop, rel=5e-3)

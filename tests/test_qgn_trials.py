@@ -52,8 +52,8 @@ def test_train_eval_trial_caches_the_model(tmp_path: Path) -> None:
     # Golden figures of this fixed-seed run (seed 3, one thread, torch 2.13.0 CPU). A model trained two
     # steps is sensitive to the CPU's summation order: another Xeon gave mIoU 2.709 (golden 2.732), an
     # AMD EPYC (Zen 4) 2.618 and 3.641 (golden 3.545), so the golden check allows 0.25 points;
-    # bit-for-bit equality is asserted on one machine, below. To
-    # regenerate after a change meant to alter them, print first.metrics[...].value and paste.
+    # bit-for-bit equality is asserted on one machine, below. To regenerate after a change meant to
+    # alter them, print first.metrics[...].value and paste.
     assert first.metrics["miou"].value == pytest.approx(2.7321352636524536, abs=0.25)
     assert first.metrics["acc"].value == pytest.approx(12.415715767634856, abs=1.0)
     # under GTC the decoder reaches the pixels exactly where the ground truth's leaves are
